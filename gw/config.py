@@ -1,0 +1,183 @@
+"""Operator configuration: TOML text -> frozen msgspec Structs, with every check on operator input.
+
+Each section is a Struct with defaults; ``parse`` decodes a whole file and reports the first mistake as
+a ``ConfigError`` naming the file, the key, the value and the fix. Times are seconds in the file
+(``*_s``) and are converted to integer nanoseconds once, by the cores that use them.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from typing import Literal
+
+import msgspec
+
+from gw import inet
+from gw.errors import ConfigError
+
+Filtering = Literal["endpoint-independent", "address-dependent", "address-and-port-dependent"]
+
+# Defaults, with their reasons
+UDP_TIMEOUT_S = 300  # RFC 4787 REQ-5: at least 2 min, 5 min recommended
+TCP_ESTABLISHED_TIMEOUT_S = 7440  # RFC 5382 REQ-5: at least 2 h 4 min
+TCP_TRANSITORY_TIMEOUT_S = 240  # RFC 5382 REQ-5 / RFC 7857 2.2: at least 4 min
+ICMP_TIMEOUT_S = 60  # RFC 5508 REQ-1: at least 60 s for ICMP queries
+PORT_REUSE_DELAY_S = 120  # RFC 6056 / 7857: let a freed port rest before handing it to someone else
+MAX_MAPPINGS_PER_CLIENT = 4096  # RFC 6888 REQ-4 wants a default limit; 4096 covers a busy browser and P2P
+TCP_MSS = 1360  # a 1400-byte tunnel MTU minus 40 bytes of IPv4 + TCP headers
+FRAGMENT_TIMEOUT_S = 30  # RFC 791 suggests 15 s for reassembly; Linux uses 30 s
+FRAGMENT_MAX_BYTES = 4 << 20  # bound memory held for out-of-order fragments, whole gateway
+FRAGMENT_MAX_DATAGRAMS = 4096  # bound the number of datagrams tracked at once
+
+
+class NatConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The ``[nat]`` section."""
+
+    external_addresses: list[str] = msgspec.field(default_factory=lambda: ["198.51.100.1"])
+    port_range: str = "1024-65535"
+    # Default address-and-port-dependent: RFC 4787 REQ-8 recommends endpoint-independent filtering for
+    # application transparency but allows this, the strictest mode, when security matters more; a gateway
+    # for many clients that must not be reachable by strangers starts strict. Operators running P2P-heavy
+    # clients switch to "endpoint-independent".
+    filtering: Filtering = "address-and-port-dependent"
+    udp_timeout_s: int = UDP_TIMEOUT_S
+    tcp_established_timeout_s: int = TCP_ESTABLISHED_TIMEOUT_S
+    tcp_transitory_timeout_s: int = TCP_TRANSITORY_TIMEOUT_S
+    icmp_timeout_s: int = ICMP_TIMEOUT_S
+    port_reuse_delay_s: int = PORT_REUSE_DELAY_S
+    max_mappings_per_client: int = MAX_MAPPINGS_PER_CLIENT
+    tcp_mss: int = TCP_MSS  # 0 turns clamping off
+    log_destination: bool = False  # record the first remote endpoint in MappingCreated
+    fragment_timeout_s: int = FRAGMENT_TIMEOUT_S
+    fragment_max_bytes: int = FRAGMENT_MAX_BYTES
+    fragment_max_datagrams: int = FRAGMENT_MAX_DATAGRAMS
+
+    def port_bounds(self) -> tuple[int, int]:
+        """(first, last) of ``port_range``; call after ``check``."""
+        first, _, last = self.port_range.partition("-")
+        return int(first), int(last)
+
+    def external_ints(self) -> list[int]:
+        """The pool as ints."""
+        return [inet.aton(a) for a in self.external_addresses]
+
+
+# RFC 6890 special-purpose ranges a VPN client must not reach through the gateway.
+DEFAULT_DENY = [
+    "0.0.0.0/8",  # "this network"
+    "127.0.0.0/8",  # the gateway's own loopback
+    "169.254.0.0/16",  # link-local: cloud metadata services live here
+    "224.0.0.0/4",  # multicast
+    "255.255.255.255/32",  # limited broadcast
+]
+
+
+class VpnConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The ``[vpn]`` section: the client subnet and the router's policy."""
+
+    subnet: str = "10.66.77.0/24"
+    gateway_address: str = "10.66.77.1"
+    deny: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_DENY))
+
+
+class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A whole gateway.toml (the sections the cores use; the daemon adds its own)."""
+
+    nat: NatConfig = msgspec.field(default_factory=NatConfig)
+    vpn: VpnConfig = msgspec.field(default_factory=VpnConfig)
+
+
+def parse(text: str, source: str = "gateway.toml") -> GatewayConfig:
+    """TOML text -> checked GatewayConfig. Raises ConfigError naming ``source``, key, value and fix."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    try:
+        config = msgspec.convert(raw, GatewayConfig)
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"{source}: {_describe(e)}") from None
+    check(config, source)
+    return config
+
+
+def load(path: str) -> GatewayConfig:
+    """Read and parse a config file. Raises ConfigError if it cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the configuration: {e.strerror}") from None
+    return parse(text, path)
+
+
+def _describe(e: msgspec.ValidationError) -> str:
+    """msgspec's '... - at `$.nat.port_range`' -> 'key nat.port_range: ...'."""
+    msg = str(e)
+    head, sep, where = msg.rpartition(" - at `$.")
+    if sep:
+        return f"[{where.rstrip('`').rsplit('.', 1)[0]}] {where.rstrip('`').rsplit('.', 1)[-1]}: {head}"
+    return msg
+
+
+def check(config: GatewayConfig, source: str = "gateway.toml") -> None:
+    """Semantic checks msgspec's types can't express. Raises ConfigError."""
+    nat, vpn = config.nat, config.vpn
+
+    def fail(key: str, value: object, why: str) -> None:
+        raise ConfigError(f"{source}: {key} = {value!r}: {why}")
+
+    first, sep, last = nat.port_range.partition("-")
+    if not (sep and first.isdigit() and last.isdigit()):
+        fail("[nat] port_range", nat.port_range, 'write it as "FIRST-LAST", e.g. "1024-65535"')
+    if not 1024 <= int(first) <= 65535 or not 1024 <= int(last) <= 65535:
+        fail("[nat] port_range", nat.port_range, "ports must lie in 1024-65535 (ports below 1024 map below 1024)")
+    if int(first) > int(last):
+        fail("[nat] port_range", nat.port_range, f'start is above end (write "{last}-{first}")')
+    if not nat.external_addresses:
+        fail("[nat] external_addresses", nat.external_addresses, "give at least one public IPv4 address")
+    for a in nat.external_addresses:
+        try:
+            inet.aton(a)
+        except ValueError:
+            fail("[nat] external_addresses", a, "not an IPv4 address")
+    if len(set(nat.external_addresses)) != len(nat.external_addresses):
+        fail("[nat] external_addresses", nat.external_addresses, "an address is listed twice")
+    minimums = {
+        "udp_timeout_s": 120,  # RFC 4787 REQ-5
+        "tcp_established_timeout_s": 7440,  # RFC 5382 REQ-5
+        "tcp_transitory_timeout_s": 240,  # RFC 5382 REQ-5
+        "icmp_timeout_s": 60,  # RFC 5508 REQ-1
+    }
+    for key, least in minimums.items():
+        if getattr(nat, key) < least:
+            fail(f"[nat] {key}", getattr(nat, key), f"the RFCs ask for at least {least} s")
+    if nat.port_reuse_delay_s < 0:
+        fail("[nat] port_reuse_delay_s", nat.port_reuse_delay_s, "must be 0 or more")
+    if nat.max_mappings_per_client < 1:
+        fail("[nat] max_mappings_per_client", nat.max_mappings_per_client, "must be at least 1")
+    if nat.tcp_mss and not 536 <= nat.tcp_mss <= 65495:
+        fail("[nat] tcp_mss", nat.tcp_mss, "use 0 (off) or 536-65495 (tunnel MTU minus 40)")
+    if nat.fragment_timeout_s < 1 or nat.fragment_max_bytes < 65535 or nat.fragment_max_datagrams < 1:
+        fail("[nat] fragment_*", (nat.fragment_timeout_s, nat.fragment_max_bytes, nat.fragment_max_datagrams),
+             "need timeout >= 1 s, max_bytes >= 65535 and max_datagrams >= 1")
+    try:
+        net, length = inet.parse_prefix(vpn.subnet)
+    except ValueError as e:
+        fail("[vpn] subnet", vpn.subnet, str(e))
+    if length > 30:
+        fail("[vpn] subnet", vpn.subnet, "too small for a gateway and a client: use /30 or larger")
+    try:
+        gw_addr = inet.aton(vpn.gateway_address)
+    except ValueError as e:
+        fail("[vpn] gateway_address", vpn.gateway_address, str(e))
+    if not inet.in_prefix(gw_addr, net, length):
+        fail("[vpn] gateway_address", vpn.gateway_address, f"must lie inside [vpn] subnet {vpn.subnet}")
+    for d in vpn.deny:
+        try:
+            inet.parse_prefix(d)
+        except ValueError as e:
+            fail("[vpn] deny", d, str(e))
+    for a in nat.external_addresses:
+        if inet.in_prefix(inet.aton(a), net, length):
+            fail("[nat] external_addresses", a, f"a public address cannot lie inside the VPN subnet {vpn.subnet}")

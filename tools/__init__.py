@@ -1,0 +1,1 @@
+"""Operator tools over the journal: gw-replay and gw-audit."""
