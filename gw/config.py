@@ -7,8 +7,9 @@ a ``ConfigError`` naming the file, the key, the value and the fix. Times are sec
 
 from __future__ import annotations
 
+import re
 import tomllib
-from typing import Literal
+from typing import Literal, get_args
 
 import msgspec
 
@@ -96,7 +97,7 @@ def parse(text: str, source: str = "gateway.toml") -> GatewayConfig:
     try:
         config = msgspec.convert(raw, GatewayConfig)
     except msgspec.ValidationError as e:
-        raise ConfigError(f"{source}: {_describe(e)}") from None
+        raise ConfigError(f"{source}: {_describe(e, raw)}") from None
     check(config, source)
     return config
 
@@ -111,13 +112,50 @@ def load(path: str) -> GatewayConfig:
     return parse(text, path)
 
 
-def _describe(e: msgspec.ValidationError) -> str:
-    """msgspec's '... - at `$.nat.port_range`' -> 'key nat.port_range: ...'."""
-    msg = str(e)
-    head, sep, where = msg.rpartition(" - at `$.")
-    if sep:
-        return f"[{where.rstrip('`').rsplit('.', 1)[0]}] {where.rstrip('`').rsplit('.', 1)[-1]}: {head}"
-    return msg
+def _toml(value: object) -> str:
+    """A default value written the way the operator would write it in TOML."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return str(value)
+
+
+def _describe(e: msgspec.ValidationError, raw: dict) -> str:
+    """msgspec's '... - at `$.nat.port_range`' -> '[nat] port_range = <value>: ... (<fix>)'."""
+    head, sep, where = str(e).rpartition(" - at `$")
+    if not sep:
+        head = str(e)
+    # ['nat', 'port_range'] or ['vpn', 'deny', '[0]']
+    path = re.findall(r"[^.\[\]`]+|\[\d+\]", where) if sep else []
+    sections = GatewayConfig.__struct_fields__
+    unknown = re.fullmatch(r"Object contains unknown field `(.*)`", head)
+    if not path:
+        if not unknown:
+            return head
+        listed = ", ".join(f"[{s}]" for s in sections)
+        return f"[{unknown[1]}]: unknown section (remove it; the sections are {listed})"
+    section = path[0]
+    fields = getattr(GatewayConfig(), section)
+    if unknown:
+        return (f"[{section}] {unknown[1]}: unknown key (check the spelling; the keys are "
+                f"{', '.join(type(fields).__struct_fields__)})")
+    value: object = raw
+    try:
+        for step in path:
+            value = value[int(step[1:-1])] if step.startswith("[") else value[step]  # type: ignore[index]
+    except (KeyError, IndexError, TypeError, ValueError):
+        value = "?"
+    if len(path) == 1:
+        return f"{section} = {_toml(value)}: {head} (write it as a [{section}] table)"
+    key = path[1] + "".join(path[2:])
+    if path[1] == "filtering":
+        fix = "use one of " + ", ".join(f'"{f}"' for f in get_args(Filtering))
+    else:
+        fix = f"for example {path[1]} = {_toml(getattr(fields, path[1]))}"
+    return f"[{section}] {key} = {_toml(value)}: {head} ({fix})"
 
 
 def check(config: GatewayConfig, source: str = "gateway.toml") -> None:
@@ -125,10 +163,11 @@ def check(config: GatewayConfig, source: str = "gateway.toml") -> None:
     nat, vpn = config.nat, config.vpn
 
     def fail(key: str, value: object, why: str) -> None:
-        raise ConfigError(f"{source}: {key} = {value!r}: {why}")
+        raise ConfigError(f"{source}: {key} = {_toml(value)}: {why}")  # as written in the file (STYLE 6)
 
     first, sep, last = nat.port_range.partition("-")
-    if not (sep and first.isdigit() and last.isdigit()):
+    # isascii: str.isdigit() accepts "²", which int() refuses
+    if not (sep and first.isascii() and first.isdigit() and last.isascii() and last.isdigit()):
         fail("[nat] port_range", nat.port_range, 'write it as "FIRST-LAST", e.g. "1024-65535"')
     if not 1024 <= int(first) <= 65535 or not 1024 <= int(last) <= 65535:
         fail("[nat] port_range", nat.port_range, "ports must lie in 1024-65535 (ports below 1024 map below 1024)")
@@ -140,9 +179,13 @@ def check(config: GatewayConfig, source: str = "gateway.toml") -> None:
         try:
             inet.aton(a)
         except ValueError:
-            fail("[nat] external_addresses", a, "not an IPv4 address")
+            fail("[nat] external_addresses", a, 'not an IPv4 address (write e.g. "198.51.100.1")')
+    for a in nat.external_addresses:
+        addr = inet.aton(a)
+        if addr >> 24 in (0, 127) or addr >> 28 >= 0xE:  # 0/8, loopback, multicast, reserved, broadcast
+            fail("[nat] external_addresses", a, "not a unicast address a NAT can use (give a public one)")
     if len(set(nat.external_addresses)) != len(nat.external_addresses):
-        fail("[nat] external_addresses", nat.external_addresses, "an address is listed twice")
+        fail("[nat] external_addresses", nat.external_addresses, "an address is listed twice (drop one)")
     minimums = {
         "udp_timeout_s": 120,  # RFC 4787 REQ-5
         "tcp_established_timeout_s": 7440,  # RFC 5382 REQ-5
@@ -158,26 +201,32 @@ def check(config: GatewayConfig, source: str = "gateway.toml") -> None:
         fail("[nat] max_mappings_per_client", nat.max_mappings_per_client, "must be at least 1")
     if nat.tcp_mss and not 536 <= nat.tcp_mss <= 65495:
         fail("[nat] tcp_mss", nat.tcp_mss, "use 0 (off) or 536-65495 (tunnel MTU minus 40)")
-    if nat.fragment_timeout_s < 1 or nat.fragment_max_bytes < 65535 or nat.fragment_max_datagrams < 1:
-        fail("[nat] fragment_*", (nat.fragment_timeout_s, nat.fragment_max_bytes, nat.fragment_max_datagrams),
-             "need timeout >= 1 s, max_bytes >= 65535 and max_datagrams >= 1")
+    if nat.fragment_timeout_s < 1:
+        fail("[nat] fragment_timeout_s", nat.fragment_timeout_s, "must be at least 1 s")
+    if nat.fragment_max_bytes < 65535:
+        fail("[nat] fragment_max_bytes", nat.fragment_max_bytes, "must be at least 65535 (one datagram)")
+    if nat.fragment_max_datagrams < 1:
+        fail("[nat] fragment_max_datagrams", nat.fragment_max_datagrams, "must be at least 1")
     try:
         net, length = inet.parse_prefix(vpn.subnet)
     except ValueError as e:
-        fail("[vpn] subnet", vpn.subnet, str(e))
+        fail("[vpn] subnet", vpn.subnet, f'{e} (write a prefix, e.g. "10.66.77.0/24")')
     if length > 30:
         fail("[vpn] subnet", vpn.subnet, "too small for a gateway and a client: use /30 or larger")
     try:
         gw_addr = inet.aton(vpn.gateway_address)
     except ValueError as e:
-        fail("[vpn] gateway_address", vpn.gateway_address, str(e))
+        fail("[vpn] gateway_address", vpn.gateway_address, f'{e} (write a dotted quad, e.g. "10.66.77.1")')
     if not inet.in_prefix(gw_addr, net, length):
         fail("[vpn] gateway_address", vpn.gateway_address, f"must lie inside [vpn] subnet {vpn.subnet}")
+    if gw_addr in (net, net | (~inet.prefix_mask(length) & 0xFFFFFFFF)):
+        fail("[vpn] gateway_address", vpn.gateway_address,
+             f"is the network or broadcast address of {vpn.subnet}; use a host address such as {inet.ntoa(net + 1)}")
     for d in vpn.deny:
         try:
             inet.parse_prefix(d)
         except ValueError as e:
-            fail("[vpn] deny", d, str(e))
+            fail("[vpn] deny", d, f'{e} (write a prefix, e.g. "169.254.0.0/16")')
     for a in nat.external_addresses:
         if inet.in_prefix(inet.aton(a), net, length):
             fail("[nat] external_addresses", a, f"a public address cannot lie inside the VPN subnet {vpn.subnet}")

@@ -47,6 +47,7 @@ Bad input (short, malformed, lying lengths, unknown protocols) is a ``Drop`` ver
 
 from __future__ import annotations
 
+import gc
 import heapq
 import random
 import struct
@@ -113,17 +114,18 @@ class Mapping:
 
     __slots__ = ("key", "ext_key", "session", "remote", "remotes", "created", "last_seen", "state", "out", "inb")
 
-    def __init__(self, key: int, ext_key: int, session: int, remote: int, created: int, state: int) -> None:
+    def __init__(self, key: int, ext_key: int, session: int, remote: int, created: int, last_seen: int,
+                 state: int, out: int = 0, inb: int = 0) -> None:
         self.key = key
         self.ext_key = ext_key
         self.session = session
         self.remote = remote  # first remote (masked), NO_REMOTE, or 0 under endpoint-independent filtering
         self.remotes: set[int] | None = None  # further remotes, when there are any
         self.created = created
-        self.last_seen = created
-        self.state = state  # TcpState for TCP, 0 otherwise
-        self.out = 0  # outbound packets << 48 | bytes
-        self.inb = 0  # inbound
+        self.last_seen = last_seen
+        self.state = state  # TcpState; NONE for UDP and ICMP
+        self.out = out  # outbound packets << 48 | bytes
+        self.inb = inb  # inbound
 
     @property
     def proto(self) -> int:
@@ -163,6 +165,7 @@ class _TableView:
         self.mappings = list(nat._by_ext.values())
         self.resting = [(k, u) for k, u in nat._resting.items() if u > now]
         self.sessions = list(nat._session_events.values())
+        self.quota_flagged = [addr for addr, client in nat._clients.items() if client[2]]
 
     def build(self) -> Snapshot:
         """Column-wise snapshot. Mappings removed after the view was taken are fine: their expiry is later in the journal."""
@@ -190,6 +193,7 @@ class _TableView:
             rest_ext_port=[k & 0xFFFF for k, _ in self.resting],
             rest_until_ns=[u for _, u in self.resting],
             sessions=self.sessions,
+            quota_flagged=self.quota_flagged,
         )
 
 
@@ -243,23 +247,27 @@ class Nat:
 
         Inline here: UDP and TCP with a 20-byte header, unfragmented, not hairpinned. The rest (ICMP,
         options, fragments, link padding) takes ``_outbound``, the plainly written general path.
+
+        Checksum arithmetic is done modulo 0xFFFF, where ones'-complement sums live (2**16 == 1):
+        RFC 1624 eqn. 3 becomes HC' = HC + m - m' (mod 0xFFFF), and ``0xFFFE - (m' - m - 1 - HC) % 0xFFFF``
+        gives the same 16-bit result as the folded form in one big-int operation. A header is sound
+        when its words sum to 0 (mod 0xFFFF); reading it as five 32-bit words gives the same sum.
         """
         n = len(pkt)
         if n < 28:
             return self._outbound(pkt, now)
         proto = pkt[9]
         if proto == 17:
-            vihl, total, frag, ipcsum, src, dst, sport, dport, l4csum = _read_udp(pkt)
+            w0, w1, w2, src, dst, sport, dport, ulen, l4csum = _read_udp(pkt)
             flags = 0
         elif proto == 6 and n >= 40:
-            vihl, total, frag, ipcsum, src, dst, sport, dport, flags, l4csum = _read_tcp(pkt)
+            w0, w1, w2, src, dst, sport, dport, flags, l4csum = _read_tcp(pkt)
         else:
             return self._outbound(pkt, now)
-        if vihl != 0x45 or total != n or frag & 0x3FFF or dst in self._ext_set:
+        # version 4 + IHL 5, total length == buffer, not a fragment, not to one of our public addresses
+        if w0 >> 24 != 0x45 or w0 & 0xFFFF != n or w1 & 0x3FFF or dst in self._ext_set:
             return self._outbound(pkt, now)
-        s = sum(_read_words(pkt))
-        s = (s & 0xFFFF) + (s >> 16)
-        if (s & 0xFFFF) + (s >> 16) != 0xFFFF:  # RFC 1071: a sound header sums to 0xFFFF
+        if (w0 + w1 + w2 + src + dst) % 0xFFFF:  # RFC 1071: a sound header sums to (negative) zero
             return self._drop(Drop.BAD_CHECKSUM)
         m = self._by_int.get(proto << 48 | src << 16 | sport)
         r = (dst << 16 | dport) & self._rmask
@@ -272,25 +280,21 @@ class Nat:
         elif r != m.remote and (m.remotes is None or r not in m.remotes):
             self._admit_remote(m, r)
         if flags & _TCP_STATE_FLAGS:
-            self._track_tcp(m, flags, True)
+            self._track_tcp(m, flags, True, now)
             if flags & P.TCP_SYN and self._mss:
                 _clamp_mss(pkt, 20, self._mss)
                 l4csum = P.get_u16(pkt, P.V4_TCP_CSUM)[0]
         ext = m.ext_key
         ea = ext >> 16 & 0xFFFFFFFF
         ep = ext & 0xFFFF
-        delta = (~src >> 16 & 0xFFFF) + (~src & 0xFFFF) + (ea >> 16) + (ea & 0xFFFF)  # RFC 1624 terms
-        s = (~ipcsum & 0xFFFF) + delta
-        s = (s & 0xFFFF) + (s >> 16)
-        _put_csum_addrs_ports(pkt, P.IP_CSUM, ~((s & 0xFFFF) + (s >> 16)) & 0xFFFF, ea, dst, ep, dport)
-        if proto == 6:
-            s = (~l4csum & 0xFFFF) + delta + (~sport & 0xFFFF) + ep
-            s = (s & 0xFFFF) + (s >> 16)
-            _put_u16(pkt, P.V4_TCP_CSUM, ~((s & 0xFFFF) + (s >> 16)) & 0xFFFF)
-        elif l4csum:  # a UDP checksum of 0 means none and stays 0 (RFC 768)
-            s = (~l4csum & 0xFFFF) + delta + (~sport & 0xFFFF) + ep
-            s = (s & 0xFFFF) + (s >> 16)
-            _put_u16(pkt, P.V4_UDP_CSUM, ~((s & 0xFFFF) + (s >> 16)) & 0xFFFF or 0xFFFF)  # 0 is sent as 0xFFFF
+        ipcsum = 0xFFFE - (ea - src - 1 - (w2 & 0xFFFF)) % 0xFFFF  # RFC 1624, see above
+        if proto == 17:
+            if l4csum:  # a UDP checksum of 0 means none and stays 0 (RFC 768); a computed 0 is sent as 0xFFFF
+                l4csum = 0xFFFE - (ea - src + ep - sport - 1 - l4csum) % 0xFFFF or 0xFFFF
+            _put_v4_udp(pkt, P.IP_CSUM, ipcsum, ea, dst, ep, dport, ulen, l4csum)
+        else:
+            _put_v4_ports(pkt, P.IP_CSUM, ipcsum, ea, dst, ep, dport)
+            _put_u16(pkt, P.V4_TCP_CSUM, 0xFFFE - (ea - src + ep - sport - 1 - l4csum) % 0xFFFF)
         m.last_seen = now
         m.out += ONE_PACKET + n
         return FORWARD
@@ -299,23 +303,22 @@ class Nat:
         """Translate a packet from the internet in place: ``FORWARD`` to its client, or a ``Drop``. Raises nothing.
 
         Inline here: UDP and TCP with a 20-byte header, unfragmented; the rest takes ``_inbound``.
+        The checksum arithmetic is ``translate_outbound``'s.
         """
         n = len(pkt)
         if n < 28:
             return self._inbound(pkt, now)
         proto = pkt[9]
         if proto == 17:
-            vihl, total, frag, ipcsum, src, dst, sport, dport, l4csum = _read_udp(pkt)
+            w0, w1, w2, src, dst, sport, dport, ulen, l4csum = _read_udp(pkt)
             flags = 0
         elif proto == 6 and n >= 40:
-            vihl, total, frag, ipcsum, src, dst, sport, dport, flags, l4csum = _read_tcp(pkt)
+            w0, w1, w2, src, dst, sport, dport, flags, l4csum = _read_tcp(pkt)
         else:
             return self._inbound(pkt, now)
-        if vihl != 0x45 or total != n or frag & 0x3FFF:
+        if w0 >> 24 != 0x45 or w0 & 0xFFFF != n or w1 & 0x3FFF:
             return self._inbound(pkt, now)
-        s = sum(_read_words(pkt))
-        s = (s & 0xFFFF) + (s >> 16)
-        if (s & 0xFFFF) + (s >> 16) != 0xFFFF:
+        if (w0 + w1 + w2 + src + dst) % 0xFFFF:
             return self._drop(Drop.BAD_CHECKSUM)
         m = self._by_ext.get(proto << 48 | dst << 16 | dport)
         if m is None:
@@ -323,26 +326,22 @@ class Nat:
         r = (src << 16 | sport) & self._rmask
         if r != m.remote and (m.remotes is None or r not in m.remotes):
             return self._drop(Drop.FILTERED)
-        if flags & _TCP_STATE_FLAGS:
-            self._track_tcp(m, flags, False)
+        if flags & _TCP_STATE_FLAGS or m.state == TcpState.SYN_OUT:
+            self._track_tcp(m, flags, False, now)
             if flags & P.TCP_SYN and self._mss:
                 _clamp_mss(pkt, 20, self._mss)
                 l4csum = P.get_u16(pkt, P.V4_TCP_CSUM)[0]
         key = m.key
         ia = key >> 16 & 0xFFFFFFFF
         ip = key & 0xFFFF
-        delta = (~dst >> 16 & 0xFFFF) + (~dst & 0xFFFF) + (ia >> 16) + (ia & 0xFFFF)
-        s = (~ipcsum & 0xFFFF) + delta
-        s = (s & 0xFFFF) + (s >> 16)
-        _put_csum_addrs_ports(pkt, P.IP_CSUM, ~((s & 0xFFFF) + (s >> 16)) & 0xFFFF, src, ia, sport, ip)
-        if proto == 6:
-            s = (~l4csum & 0xFFFF) + delta + (~dport & 0xFFFF) + ip
-            s = (s & 0xFFFF) + (s >> 16)
-            _put_u16(pkt, P.V4_TCP_CSUM, ~((s & 0xFFFF) + (s >> 16)) & 0xFFFF)
-        elif l4csum:
-            s = (~l4csum & 0xFFFF) + delta + (~dport & 0xFFFF) + ip
-            s = (s & 0xFFFF) + (s >> 16)
-            _put_u16(pkt, P.V4_UDP_CSUM, ~((s & 0xFFFF) + (s >> 16)) & 0xFFFF or 0xFFFF)
+        ipcsum = 0xFFFE - (ia - dst - 1 - (w2 & 0xFFFF)) % 0xFFFF
+        if proto == 17:
+            if l4csum:
+                l4csum = 0xFFFE - (ia - dst + ip - dport - 1 - l4csum) % 0xFFFF or 0xFFFF
+            _put_v4_udp(pkt, P.IP_CSUM, ipcsum, src, ia, sport, ip, ulen, l4csum)
+        else:
+            _put_v4_ports(pkt, P.IP_CSUM, ipcsum, src, ia, sport, ip)
+            _put_u16(pkt, P.V4_TCP_CSUM, 0xFFFE - (ia - dst + ip - dport - 1 - l4csum) % 0xFFFF)
         m.inb += ONE_PACKET + n
         return FORWARD
 
@@ -428,7 +427,7 @@ class Nat:
                 return m, None
         self._admit_remote(m, (dst << 16 | dport) & self._rmask)
         if proto == P.PROTO_TCP:
-            self._track_tcp(m, flags, True)
+            self._track_tcp(m, flags, True, now)
             if flags & P.TCP_SYN and self._mss:
                 _clamp_mss(pkt, l4, self._mss)
         ea, ep = m.ext_key >> 16 & 0xFFFFFFFF, m.ext_key & 0xFFFF
@@ -453,7 +452,7 @@ class Nat:
             return Drop.FILTERED, None
         if proto == P.PROTO_TCP:
             flags = pkt[l4 + P.TCP_FLAGS]
-            self._track_tcp(m, flags, False)
+            self._track_tcp(m, flags, False, now)
             if flags & P.TCP_SYN and self._mss:
                 _clamp_mss(pkt, l4, self._mss)
         ia, ip = m.key >> 16 & 0xFFFFFFFF, m.key & 0xFFFF
@@ -586,7 +585,10 @@ class Nat:
         """Remember which mapping this datagram uses and release its early fragments, translated."""
         table = self._frags_out if outbound else self._frags_in
         key = self._datagram_key(pkt, outbound, m)
-        for held in table.resolve(key, m, now):
+        dropped = table.dropped
+        released = table.resolve(key, m, now)
+        self.drops[Drop.FRAGMENT] += table.dropped - dropped  # a full table evicted its oldest datagram
+        for held in released:
             verdict = self._later_fragment(held, now, outbound)
             if verdict == FORWARD or verdict == HAIRPIN:
                 self.released.append((outbound and verdict == FORWARD, held))
@@ -607,10 +609,14 @@ class Nat:
         table = self._frags_out if outbound else self._frags_in
         m = table.mapping_for(key)
         if m is None:
-            if table.hold(key, pkt, now):
+            dropped = table.dropped
+            held = table.hold(key, pkt, now)
+            # this fragment if refused, and any the table evicted or aged out to make room
+            self.drops[Drop.FRAGMENT] += table.dropped - dropped
+            if held:
                 self.drops[Drop.HELD] += 1
                 return Drop.HELD
-            return self._drop(Drop.FRAGMENT)
+            return Drop.FRAGMENT
         n = len(pkt)
         if outbound:
             _rewrite_addr(pkt, P.IP_SRC, m.ext_key >> 16 & 0xFFFFFFFF)
@@ -638,11 +644,14 @@ class Nat:
         elif len(m.remotes) < MAX_REMOTES:
             m.remotes.add(r)
 
-    def _track_tcp(self, m: Mapping, flags: int, outbound: bool) -> None:
+    def _track_tcp(self, m: Mapping, flags: int, outbound: bool, now: int) -> None:
+        """Move the mapping's TCP state; a change restarts its idle timer under the new state's timeout."""
         old = m.state
         new = m.state = NEXT_STATE[old * SEG_KINDS + classify(flags, outbound)]
-        if new != old and old == TcpState.ESTABLISHED:
-            self._schedule(m.key, m.last_seen + self._timeout(m))  # the shorter timeout now applies
+        if new != old:
+            m.last_seen = now
+            if old == TcpState.ESTABLISHED:
+                self._schedule(m.key, now + self._timeout(m))  # the shorter timeout applies from now
 
     def _timeout(self, m: Mapping) -> int:
         proto = m.key >> 48
@@ -729,6 +738,12 @@ class Nat:
                 opened = self._session_events.pop(event.session, None)
                 if opened is not None and self._sessions.get(opened.vpn_addr, (0,))[0] == event.session:
                     del self._sessions[opened.vpn_addr]
+                    # an older session still open on the address (a reconnect before the old one was found
+                    # dead) holds it again: the rule a snapshot restore applies (latest open session wins)
+                    for other in reversed(self._session_events.values()):
+                        if other.vpn_addr == opened.vpn_addr:
+                            self._sessions[other.vpn_addr] = (other.session, other.client)
+                            break
         self.next_seq = event.seq + 1
 
     def _insert(self, ev: MappingCreated) -> None:
@@ -743,8 +758,8 @@ class Nat:
             remote = (ev.remote_addr << 16 | ev.remote_port) & self._rmask
         else:
             remote = NO_REMOTE
-        state = TcpState.SYN_OUT if ev.proto == P.PROTO_TCP else 0
-        m = Mapping(key, ext_key, ev.session, remote, ev.at_ns, state)
+        state = TcpState.SYN_OUT if ev.proto == P.PROTO_TCP else TcpState.NONE
+        m = Mapping(key, ext_key, ev.session, remote, ev.at_ns, ev.at_ns, state)
         self._add(m)
         self._schedule(key, ev.at_ns + self._timeout(m))
 
@@ -855,24 +870,54 @@ class Nat:
         """The table as the journal left it: a snapshot, then every later event through ``apply``."""
         nat = cls(config, rng)
         if snapshot is not None:
-            nat._load_snapshot(snapshot)
+            # A million new objects would run the cyclic GC over the growing table dozens of times (half
+            # the restore time, measured). The table holds no reference cycles: nothing to collect here.
+            enabled = gc.isenabled()
+            gc.disable()
+            try:
+                nat._load_snapshot(snapshot)
+            finally:
+                if enabled:
+                    gc.enable()
         for event in events:
             nat.apply(event)
         return nat
 
     def _load_snapshot(self, s: Snapshot) -> None:
+        """Rebuild the table from a snapshot's columns: the one bulk path, so written for speed (1 M rows)."""
         rmask = self._rmask
-        for i in range(len(s.proto)):
-            proto = s.proto[i]
-            key = flow_key(proto, s.int_addr[i], s.int_port[i])
-            ext_key = flow_key(proto, s.ext_addr[i], s.ext_port[i])
-            remote = (s.remote_addr[i] << 16 | s.remote_port[i]) & rmask if s.remote_addr[i] or not rmask else NO_REMOTE
-            m = Mapping(key, ext_key, s.session[i], remote, s.created_ns[i], s.tcp_state[i])
-            m.last_seen = s.last_seen_ns[i]
-            m.out = s.packets_out[i] << COUNT_SHIFT | s.bytes_out[i]
-            m.inb = s.packets_in[i] << COUNT_SHIFT | s.bytes_in[i]
-            self._add(m)
-            self._schedule(key, m.last_seen + self._timeout(m))
+        by_int, by_ext, clients, wheel = self._by_int, self._by_ext, self._clients, self._wheel
+        udp_ns, icmp_ns, est_ns, trans_ns = self._udp_ns, self._icmp_ns, self._tcp_est_ns, self._tcp_trans_ns
+        rows = zip(s.proto, s.int_addr, s.int_port, s.ext_addr, s.ext_port, s.session, s.created_ns,
+                   s.last_seen_ns, s.tcp_state, s.packets_out, s.bytes_out, s.packets_in, s.bytes_in,
+                   s.remote_addr, s.remote_port)
+        for proto, ia, ip, ea, ep, session, created, seen, state, po, bo, pi, bi, ra, rp in rows:
+            key = proto << 48 | ia << 16 | ip
+            ext_key = proto << 48 | ea << 16 | ep
+            remote = (ra << 16 | rp) & rmask if ra or not rmask else NO_REMOTE
+            m = Mapping(key, ext_key, session, remote, created, seen, state, po << COUNT_SHIFT | bo,
+                        pi << COUNT_SHIFT | bi)
+            by_int[key] = m
+            by_ext[ext_key] = m
+            client = clients.get(ia)
+            if client is None:
+                clients[ia] = [ea, 1, False]
+            else:
+                client[1] += 1
+            if proto == P.PROTO_TCP:
+                timeout = est_ns if state == TcpState.ESTABLISHED else trans_ns
+            else:
+                timeout = udp_ns if proto == P.PROTO_UDP else icmp_ns
+            second = (seen + timeout) // NS + 1
+            keys = wheel.get(second)
+            if keys is None:
+                wheel[second] = [key]
+            else:
+                keys.append(key)
+        self._wheel_due = list(wheel)
+        heapq.heapify(self._wheel_due)
+        for ea, _count, _flag in clients.values():
+            self._ext_clients[ea] = self._ext_clients.get(ea, 0) + 1
         for proto, addr, port, until in zip(s.rest_proto, s.rest_ext_addr, s.rest_ext_port, s.rest_until_ns):
             k = flow_key(proto, addr, port)
             self._resting[k] = until
@@ -880,6 +925,10 @@ class Nat:
         for opened in s.sessions:
             self._sessions[opened.vpn_addr] = (opened.session, opened.client)
             self._session_events[opened.session] = opened
+        for addr in s.quota_flagged:
+            client = self._clients.get(addr)
+            if client is not None:
+                client[2] = True
         self.next_seq = s.upto_seq + 1
 
     # ------------------------------------------------------------------ reading the table
@@ -904,14 +953,17 @@ class Nat:
     def is_resting(self, proto: int, ext_addr: int, ext_port: int, now: int) -> bool:
         return self._resting.get(flow_key(proto, ext_addr, ext_port), 0) > now
 
-    def table_state(self) -> tuple:
+    def table_state(self, now: int | None = None) -> tuple:
         """What the journal determines: mappings (identity, owner, birth), resting ports, sessions, sequence.
 
-        Two tables with equal ``table_state`` are the same table; the fold property compares this.
+        Two tables with equal ``table_state`` are the same table; the fold property compares this. With
+        ``now``, ports whose rest is over by then are left out: they are free whether or not ``expire``
+        has swept them yet, and a fold never runs ``expire``, so only this form compares a live table
+        with its fold after a rest lapsed.
         """
         return (
             sorted((m.key, m.ext_key, m.session, m.created) for m in self._by_ext.values()),
-            sorted(self._resting.items()),
+            sorted((k, u) for k, u in self._resting.items() if now is None or u > now),
             sorted(self._sessions.items()),
             sorted((a, tuple(c)) for a, c in self._clients.items()),
             self.next_seq,
@@ -921,13 +973,15 @@ class Nat:
 # ---------------------------------------------------------------------- rewrite helpers (general path)
 
 # Fast-path reads and writes, bound at module level (one global lookup each).
-# IHL=5 + UDP: ver/ihl, total length, fragment word, header checksum, src, dst, sport, dport, UDP checksum
-_read_udp = struct.Struct("!B x H 2x H 2x H I I H H 2x H").unpack_from
-# IHL=5 + TCP: the same, then TCP flags and TCP checksum
-_read_tcp = struct.Struct("!B x H 2x H 2x H I I H H 9x B 2x H").unpack_from
-_read_words = P.read_v4_words  # the ten header words, for the checksum check
-# IHL=5 header checksum, source, destination, then the two ports: the fast paths' single write
-_put_csum_addrs_ports = struct.Struct("!HIIHH").pack_into
+# IHL=5 + UDP: the header as five 32-bit words (ver/ihl/tos/total, id/frag, ttl/proto/checksum, src, dst),
+# then sport, dport, UDP length, UDP checksum
+_read_udp = struct.Struct("!5I HHHH").unpack_from
+# IHL=5 + TCP: the five header words, sport, dport, TCP flags, TCP checksum
+_read_tcp = struct.Struct("!5I HH 9x B 2x H").unpack_from
+# from the IP checksum (offset 10) to the UDP checksum: the UDP fast paths' single write
+_put_v4_udp = struct.Struct("!H II HHHH").pack_into
+# IP checksum, src, dst, sport, dport (offsets 10-23): the TCP fast paths' write before the TCP checksum
+_put_v4_ports = struct.Struct("!H II HH").pack_into
 _put_u16 = P.put_u16
 
 

@@ -9,18 +9,20 @@ established or being torn down, to pick the idle timeout (RFC 5382 REQ-5, RFC 78
   or closed (FIN one way, FIN both ways, or RST);
 - *established* (7440 s by default, never less than 2 h 4 min): SYN seen both ways.
 
-Segments are classified into six kinds by direction and flags (``classify``); the table maps
-(state, kind) to the next state. Plain segments (ACK, data) never change the state; they only refresh
-the mapping. A SYN seen both ways, in either order, is an established connection, which is also
-how TCP simultaneous open (RFC 9293 3.5, RFC 5382 REQ-2) comes out established. A new outbound SYN on a
-closing or reset connection starts over, because clients reuse source ports.
+Segments are classified into seven kinds by direction and flags (``classify``); the table maps
+(state, kind) to the next state. A SYN seen both ways, in either order, is an established connection,
+which is also how TCP simultaneous open (RFC 9293 3.5, RFC 5382 REQ-2) comes out established. A plain
+segment from the remote while only our SYN is known (``ack_in`` in SYN_OUT) is a connection that was
+set up before the table knew it — after a restart restored the mapping from the journal — and is
+picked up as established, as Linux conntrack does. Other plain segments (ACK, data) never change the
+state; they only refresh the mapping. A new outbound SYN on a closing or reset connection starts over,
+because clients reuse source ports. Every state change restarts the mapping's idle timer.
 
 The table, as text (a test checks that this list and ``TRANSITIONS`` agree)::
 
     SYN_OUT      syn_in  -> ESTABLISHED
+    SYN_OUT      ack_in  -> ESTABLISHED
     SYN_OUT      rst     -> CLOSED
-    SYN_IN       syn_out -> ESTABLISHED
-    SYN_IN       rst     -> CLOSED
     ESTABLISHED  fin_out -> FIN_OUT
     ESTABLISHED  fin_in  -> FIN_IN
     ESTABLISHED  rst     -> CLOSED
@@ -32,8 +34,9 @@ The table, as text (a test checks that this list and ``TRANSITIONS`` agree)::
     TIME_WAIT    rst     -> CLOSED
     CLOSED       syn_out -> SYN_OUT
 
-Anything not listed keeps its state. No RST or FIN ends a mapping at once: the transitory timeout lets
-late segments and retransmissions through (RFC 7857 section 2.2 asks for a 4-minute wait after RST).
+Anything not listed keeps its state (NONE, the state of a UDP or ICMP mapping, never changes). No RST
+or FIN ends a mapping at once: the transitory timeout lets late segments and retransmissions through
+(RFC 7857 section 2.2 asks for a 4-minute wait after RST).
 """
 
 from __future__ import annotations
@@ -44,11 +47,11 @@ from gw.packet import TCP_FIN, TCP_RST, TCP_SYN
 
 
 class TcpState(IntEnum):
-    """Connection state of a TCP mapping."""
+    """Connection state of a TCP mapping (NONE for UDP and ICMP mappings)."""
 
-    SYN_OUT = 0  # outbound SYN seen: opening
-    SYN_IN = 1  # inbound SYN seen first (simultaneous open, or pickup after a restart)
-    ESTABLISHED = 2
+    NONE = 0  # not TCP
+    SYN_OUT = 1  # outbound SYN seen: opening
+    ESTABLISHED = 2  # SYN seen both ways
     FIN_OUT = 3  # client sent FIN: half closed
     FIN_IN = 4  # remote sent FIN: half closed
     TIME_WAIT = 5  # FIN both ways
@@ -58,20 +61,20 @@ class TcpState(IntEnum):
 class Seg(IntEnum):
     """What a segment means to the tracker."""
 
-    OTHER = 0
+    OTHER = 0  # a plain outbound segment
     SYN_OUT = 1
     SYN_IN = 2
     FIN_OUT = 3
     FIN_IN = 4
     RST = 5
+    ACK_IN = 6  # a plain inbound segment
 
 
 S, K = TcpState, Seg
 TRANSITIONS: dict[tuple[TcpState, Seg], TcpState] = {
     (S.SYN_OUT, K.SYN_IN): S.ESTABLISHED,
+    (S.SYN_OUT, K.ACK_IN): S.ESTABLISHED,
     (S.SYN_OUT, K.RST): S.CLOSED,
-    (S.SYN_IN, K.SYN_OUT): S.ESTABLISHED,
-    (S.SYN_IN, K.RST): S.CLOSED,
     (S.ESTABLISHED, K.FIN_OUT): S.FIN_OUT,
     (S.ESTABLISHED, K.FIN_IN): S.FIN_IN,
     (S.ESTABLISHED, K.RST): S.CLOSED,
@@ -105,7 +108,7 @@ def classify(flags: int, outbound: bool) -> int:
         return Seg.SYN_OUT if outbound else Seg.SYN_IN
     if flags & TCP_FIN:
         return Seg.FIN_OUT if outbound else Seg.FIN_IN
-    return Seg.OTHER
+    return Seg.OTHER if outbound else Seg.ACK_IN
 
 
 def next_state(state: int, flags: int, outbound: bool) -> int:

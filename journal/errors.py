@@ -29,10 +29,13 @@ __all__ = [
     "TornFrame",
 ]
 
-# errno values that mean "no room": the fix is space, not a new disk.
-_FULL_ERRNOS = frozenset(
-    code for code in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", None)) if code is not None
-)
+# errno values that mean "no room", with what the operator can do about each.
+_FULL_FIXES = {
+    errno.ENOSPC: "free space on the journal's filesystem",
+    errno.EFBIG: "raise the file-size limit (ulimit -f) or lower segment_max_bytes",
+}
+if hasattr(errno, "EDQUOT"):
+    _FULL_FIXES[errno.EDQUOT] = "raise the disk quota of the gateway's user"
 
 
 class JournalError(Exception):
@@ -87,14 +90,15 @@ class JournalWriteError(JournalError):
         super().__init__(f"{self.path}: journal write failed at byte {offset}: {detail}")
 
     @staticmethod
-    def from_oserror(path: object, offset: int, exc: OSError, doing: str) -> JournalWriteError:
+    def from_oserror(
+        path: object, offset: int, exc: OSError, doing: str, after: str = " (events kept; retrying)"
+    ) -> JournalWriteError:
         """Wrap an OSError, choosing JournalFullError for a full disk, quota or file-size limit."""
         reason = exc.strerror or str(exc)
-        if exc.errno in _FULL_ERRNOS:
-            return JournalFullError(
-                path, offset, f"{doing}: {reason}; free space on the journal's filesystem (events kept)"
-            )
-        return JournalWriteError(path, offset, f"{doing}: {reason}; check the journal disk (events kept)")
+        fix = _FULL_FIXES.get(exc.errno)  # type: ignore[call-overload]
+        if fix is not None:
+            return JournalFullError(path, offset, f"{doing}: {reason}; {fix}{after}")
+        return JournalWriteError(path, offset, f"{doing}: {reason}; check the journal disk{after}")
 
 
 class JournalFullError(JournalWriteError):

@@ -131,7 +131,10 @@ class MappingExpired(Event, frozen=True, tag=7):
 
 
 class QuotaHit(Event, frozen=True, tag=8):
-    """A client reached its per-protocol mapping quota (RFC 6888 REQ-4); the new flow was refused."""
+    """A client reached its mapping quota (RFC 6888 REQ-4, all protocols together); the new flow was refused.
+
+    Journaled once when the client reaches the quota, and again only after it dropped below.
+    """
 
     proto: int
     int_addr: int
@@ -200,3 +203,5 @@ class Snapshot(msgspec.Struct, frozen=True, array_like=True):
     rest_until_ns: list[int] = []
     # open sessions (the daemon's, for the audit trail after a crash)
     sessions: list[SessionOpened] = []
+    # clients whose QuotaHit is already journaled (no second one until they drop below the quota)
+    quota_flagged: list[int] = []

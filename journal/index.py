@@ -22,7 +22,7 @@ import msgspec
 from journal.errors import CorruptFrame, TornFrame
 from journal.events import MappingCreated, MappingExpired
 from journal.frames import decode_frame, new_decompressor
-from journal.segments import FILE_MODE, SEGMENT_RE, _seg_paths
+from journal.segments import FILE_MODE, SEGMENT_RE, segment_paths
 
 __all__ = [
     "INDEX_SUFFIX",
@@ -136,7 +136,7 @@ def segments_touching(
     Segments whose index is incomplete (torn or corrupt tail) are always included.
     """
     found = []
-    for _, path in _seg_paths(Path(directory)):
+    for _, path in segment_paths(Path(directory)):
         index = load_or_build_index(path, write=write)
         if index.complete and not index.touches(proto, addr, port):
             continue

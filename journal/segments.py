@@ -40,7 +40,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import msgspec
 import zstandard
@@ -62,6 +62,9 @@ __all__ = [
     "SegmentInfo",
     "SegmentReader",
     "SnapshotInfo",
+    "decode_snapshot",
+    "encode_snapshot",
+    "first_header",
     "fsync_dir",
     "list_segments",
     "list_snapshots",
@@ -69,6 +72,7 @@ __all__ = [
     "read_snapshot",
     "segment_info",
     "segment_name",
+    "segment_paths",
     "snapshot_name",
     "write_snapshot",
 ]
@@ -119,8 +123,9 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def _seg_paths(directory: Path) -> list[tuple[int, Path]]:
-    """(first_seq, path) of every segment, in seq order."""
+def segment_paths(directory: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """(first_seq, path) of every segment, in seq order (from names only)."""
+    directory = Path(directory)
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
@@ -173,13 +178,13 @@ class SegmentInfo:
         return self.last_seq - self.first_seq + 1
 
 
-def _walk_headers(fd: int, size: int) -> Iterator[FrameHeader]:
-    """Frame headers of an open segment, read with pread; stops at the first bad or incomplete frame."""
+def _walk_headers(f: BinaryIO, size: int) -> Iterator[FrameHeader]:
+    """Frame headers of an open segment, one 48-byte read each; stops at the first bad or incomplete frame."""
     offset = 0
     while offset < size:
-        head = os.pread(fd, FRAME_HEADER_LEN, offset)
+        f.seek(offset)
         try:
-            h = decode_header(head, 0)
+            h = decode_header(f.read(FRAME_HEADER_LEN), 0)
         except (TornFrame, CorruptFrame):
             return
         h = h._replace(offset=offset, end=offset + h.end)
@@ -194,14 +199,11 @@ def segment_info(path: str | os.PathLike[str]) -> SegmentInfo:
     path = Path(path)
     m = SEGMENT_RE.match(path.name)
     name_seq = int(m.group(1)) if m else 0
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-        first = last = None
-        lo = hi = None
-        frames_count = 0
-        end = 0
-        for h in _walk_headers(fd, size):
+    first = last = lo = hi = None
+    frames_count = end = 0
+    with open(path, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        for h in _walk_headers(f, size):
             if first is None:
                 first = h.first_seq
             last = h.last_seq
@@ -209,8 +211,6 @@ def segment_info(path: str | os.PathLike[str]) -> SegmentInfo:
             hi = h.max_at_ns if hi is None else max(hi, h.max_at_ns)
             frames_count += 1
             end = h.end
-    finally:
-        os.close(fd)
     first = name_seq if first is None else first
     last = first - 1 if last is None else last
     return SegmentInfo(path, first, last, lo, hi, size, frames_count, size - end)
@@ -218,7 +218,7 @@ def segment_info(path: str | os.PathLike[str]) -> SegmentInfo:
 
 def list_segments(directory: str | os.PathLike[str]) -> list[SegmentInfo]:
     """Every segment with its first/last seq and time range, in seq order (headers only)."""
-    return [segment_info(p) for _, p in _seg_paths(Path(directory))]
+    return [segment_info(p) for _, p in segment_paths(Path(directory))]
 
 
 def first_header(path: str | os.PathLike[str]) -> FrameHeader | None:
@@ -409,7 +409,7 @@ class SegmentReader:
 
         Segments wholly before ``start_seq`` are not opened; the seq check starts at the first segment read.
         """
-        paths = _seg_paths(self.directory)
+        paths = segment_paths(self.directory)
         if not paths:
             return
         newest = paths[-1][1]
@@ -487,7 +487,7 @@ class SegmentReader:
 
     def last_event(self) -> JournalEvent | None:
         """The last event of the last whole frame in the journal (decodes one frame), or None if empty."""
-        for _, path in reversed(_seg_paths(self.directory)):
+        for _, path in reversed(segment_paths(self.directory)):
             buf = path.read_bytes()
             offset = 0
             last = None

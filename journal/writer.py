@@ -39,6 +39,7 @@ never dropped silently. Events that cannot be encoded at all (a caller bug) are 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import queue
@@ -53,13 +54,13 @@ from journal.events import JournalEvent, Snapshot
 from journal.frames import MAX_FRAME_EVENTS, decode_frame, encode_frame, new_compressor
 from journal.segments import (
     FILE_MODE,
-    _seg_paths,
     first_header,
     fsync_dir,
     list_snapshots,
     make_journal_dir,
     segment_info,
     segment_name,
+    segment_paths,
     write_snapshot,
 )
 
@@ -430,10 +431,12 @@ class JournalWriter:
         try:
             fd = os.open(path, flags | os.O_EXCL, FILE_MODE)
         except FileExistsError:
-            if path.stat().st_size:
-                raise JournalError(
-                    f"{path}: segment already exists and is not empty; another writer, or seqs that do not "
-                    "continue the journal (start the NAT from journal.recovery.load(...).last_seq + 1)"
+            if path.stat().st_size:  # reported and retried like any write failure: the events are kept
+                raise FileExistsError(
+                    errno.EEXIST,
+                    "segment already exists and is not empty: the submitted seqs do not continue the journal"
+                    " (start the NAT at journal.recovery.load(...).last_seq + 1)",
+                    str(path),
                 ) from None
             fd = os.open(path, flags, FILE_MODE)  # an empty leftover (a tail cut to nothing): reuse it
         self._fd, self._seg_path = fd, path
@@ -506,7 +509,7 @@ class JournalWriter:
         except OSError as exc:
             self._report(
                 JournalWriteError.from_oserror(
-                    self.directory, 0, exc, f"snapshot {snapshot.upto_seq} skipped"
+                    self.directory, 0, exc, f"snapshot {snapshot.upto_seq} skipped", after=""
                 )
             )
             return
@@ -528,7 +531,7 @@ class JournalWriter:
                 return  # recovery (and its fallback) needs every event after the oldest kept snapshot
             covered = snaps[0].upto_seq
             cutoff_ns = self._clock_ns() - self.retention_ns
-            segs = _seg_paths(self.directory)
+            segs = segment_paths(self.directory)
             for (_, path), (next_seq, next_path) in zip(segs, segs[1:], strict=False):  # never the newest
                 if next_seq - 1 > covered or path == self._seg_path:
                     break
@@ -538,7 +541,7 @@ class JournalWriter:
                 path.unlink(missing_ok=True)
                 path.with_name(path.name + ".idx").unlink(missing_ok=True)
         except OSError as exc:
-            self._report(JournalWriteError.from_oserror(self.directory, 0, exc, "retention"))
+            self._report(JournalWriteError.from_oserror(self.directory, 0, exc, "retention", after=""))
 
     def _finish(self) -> None:
         """At close: one last attempt to write everything, fsync, and record what could not be written."""
@@ -625,7 +628,7 @@ class JournalWriter:
 
     def _inspect_journal(self) -> None:
         """Learn the journal's last seq; refuse a newest segment with a torn tail (recovery cuts it)."""
-        segs = _seg_paths(self.directory)
+        segs = segment_paths(self.directory)
         if segs:
             info = segment_info(segs[-1][1])
             if info.tail_bytes:

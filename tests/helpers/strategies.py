@@ -57,11 +57,11 @@ def pseudo(src: int, dst: int, proto: int, length: int) -> int:
     return (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + proto + length
 
 
-def ip_packet(src: int, dst: int, proto: int, payload: bytes, *, ttl: int = 64, ident: int = 0,
+def ip_packet(src: int, dst: int, proto: int, payload: bytes, *, ttl: int = 64, ip_id: int = 0,
               frag: int = 0, options: bytes = b"", tos: int = 0) -> bytearray:
     """An IPv4 packet with a correct header checksum (``frag`` is the flags + offset word)."""
     hlen = 20 + len(options)
-    hdr = bytearray(struct.pack("!BBHHHBBHII", 0x40 | hlen // 4, tos, hlen + len(payload), ident, frag, ttl,
+    hdr = bytearray(struct.pack("!BBHHHBBHII", 0x40 | hlen // 4, tos, hlen + len(payload), ip_id, frag, ttl,
                                 proto, 0, src, dst) + options)
     struct.pack_into("!H", hdr, 10, inet_checksum(hdr))
     return hdr + payload
@@ -96,7 +96,8 @@ def udp(src: int, dst: int, sport: int, dport: int, payload: bytes = b"", *, zer
 
 def tcp(src: int, dst: int, sport: int, dport: int, flags: int = ACK, payload: bytes = b"", *,
         tcp_options: bytes = b"", **ip: object) -> bytearray:
-    return ip_packet(src, dst, TCP, tcp_segment(src, dst, sport, dport, flags, payload, options=tcp_options), **ip)
+    seg = tcp_segment(src, dst, sport, dport, flags, payload, options=tcp_options)
+    return ip_packet(src, dst, TCP, seg, **ip)
 
 
 def echo(src: int, dst: int, ident: int, seq: int = 1, payload: bytes = b"", *, reply: bool = False,
@@ -121,7 +122,7 @@ def fragments(pkt: bytes | bytearray, size: int) -> list[bytearray]:
     out = []
     for off in range(0, len(body), size):
         more = 0x2000 if off + size < len(body) else 0
-        out.append(ip_packet(src, dst, pkt[9], body[off : off + size], ttl=pkt[8], ident=ident,
+        out.append(ip_packet(src, dst, pkt[9], body[off : off + size], ttl=pkt[8], ip_id=ident,
                              frag=(word & 0x4000) | more | off // 8))
     return out
 
@@ -153,7 +154,7 @@ def problems(pkt: bytes | bytearray) -> list[str]:
         bad.append(f"bad version/length: v={ip.v} len={ip.len} buf={len(pkt)}")
     if inet_checksum(pkt[:hlen]) != 0:
         bad.append("IP header checksum")
-    if ip.off & 0x3FFF:  # a fragment: L4 is checked after reassembly
+    if struct.unpack_from("!H", pkt, 6)[0] & 0x3FFF:  # a fragment: L4 is checked after reassembly
         return bad
     seg = pkt[hlen : ip.len]
     src, dst = struct.unpack_from("!II", pkt, 12)
@@ -276,7 +277,7 @@ def nat_config(**kw: object) -> NatConfig:
 
 # Small pools so flows collide, quotas fill and ports run out. Source ports below 1024 must map below 1024.
 CLIENTS = [VPN_NET | h for h in (2, 3, 4, 5)]
-SPORTS = [0, 53, 1000, 1023, 1024, 40000, 40001, 50000]
+SPORTS = [53, 1000, 1024, 40000, 40001, 40002, 50000, 60000]
 REMOTES = [A("203.0.113.10"), A("203.0.113.11"), A("192.0.2.7")]
 RPORTS = [53, 80, 443, 9]
 
@@ -284,30 +285,35 @@ client_addrs = st.integers(2, 254).map(lambda h: VPN_NET | h)
 remote_addrs = st.integers(0, 0xFFFFFFFF).filter(lambda a: a not in EXT and a >> 8 != VPN_NET >> 8)
 ports = st.integers(0, 65535)
 payloads = st.binary(max_size=64)
-ip_options = st.sampled_from([b"", b"\x01\x01\x01\x00", b"\x94\x04\x00\x00", b"\x01" * 8])  # NOP, router alert
+# no options, NOPs + EOL, router alert (RFC 2113), two words of NOPs
+ip_options = st.sampled_from([b"", b"\x01\x01\x01\x00", b"\x94\x04\x00\x00", b"\x01" * 8])
 tcp_flags = st.sampled_from([SYN, ACK, ACK | PSH, FIN | ACK, RST, RST | ACK, SYN | ACK])
 
 small = st.integers(0, 7)
-OPS = st.one_of(
+_OUT = [
     st.tuples(st.just("udp"), small, small, small, small, payloads, st.booleans(), ip_options),
     st.tuples(st.just("tcp"), small, small, small, small, tcp_flags, payloads, ip_options),
     st.tuples(st.just("ping"), small, small, small, payloads),
+    st.tuples(st.just("frag_out"), small, small, small, small, st.sampled_from([UDP, ICMP, TCP]),
+              st.integers(9, 400), st.integers(8, 120), st.randoms(use_true_random=False)),
+]
+_OTHER = [
     st.tuples(st.just("reply"), st.integers(0, 63), st.booleans(), small, small, tcp_flags, payloads),
     st.tuples(st.just("stray"), st.sampled_from([UDP, TCP, ICMP]), small, st.integers(1, 65535), small),
     st.tuples(st.just("err_in"), st.integers(0, 63), st.sampled_from([(3, 3), (3, 4), (11, 0), (12, 0)]),
               st.sampled_from([28, 36, 548, 10_000]), st.booleans()),
     st.tuples(st.just("err_out"), st.integers(0, 63), st.sampled_from([(3, 3), (3, 1), (11, 0)])),
-    st.tuples(st.just("frag_out"), small, small, small, small, st.sampled_from([UDP, ICMP, TCP]),
-              st.integers(9, 400), st.integers(8, 120), st.randoms(use_true_random=False)),
     st.tuples(st.just("frag_in"), st.integers(0, 63), st.integers(9, 400), st.integers(8, 120),
               st.randoms(use_true_random=False)),
     st.tuples(st.just("hairpin"), small, small, st.integers(0, 63), payloads),
     st.tuples(st.just("advance"), st.sampled_from([0.5, 1, 29, 31, 61, 121, 241, 7441])),
     st.tuples(st.just("expire")),
-    st.tuples(st.just("open"), small, st.integers(1, 4)),
-    st.tuples(st.just("close"), st.integers(1, 4)),
-)
-op_lists = st.lists(OPS, min_size=1, max_size=50)
+    st.tuples(st.just("open"), small),
+    st.tuples(st.just("close"), small),
+]
+# new flows are drawn nearly as often as everything else together, so quotas and port ranges fill up
+OPS = st.one_of(*_OUT, *_OUT, *_OTHER)
+op_lists = st.lists(OPS, min_size=20, max_size=60)
 
 
 class Driver:
@@ -332,6 +338,7 @@ class Driver:
         self._last_out: dict[int, bytes] = {}  # ext flow key -> last translated outbound packet
         self._last_in: dict[int, bytes] = {}  # int flow key -> last translated inbound packet
         self._remote: dict[int, tuple[int, int]] = {}  # ext flow key -> remote the client last sent to
+        self._sessions: list[int] = []  # session numbers handed out
 
     # -- packets in, packets out
 
@@ -428,7 +435,7 @@ class Driver:
 
     def op_udp(self, c, s, r, rp, payload, zero_csum, options) -> None:
         self.outbound(udp(CLIENTS[c % 4], REMOTES[r % 3], SPORTS[s], RPORTS[rp % 4], payload,
-                          zero_csum=zero_csum, options=options, ident=self._next_ident()))
+                          zero_csum=zero_csum, options=options, ip_id=self._next_ident()))
 
     def op_tcp(self, c, s, r, rp, flags, payload, options) -> None:
         self.outbound(tcp(CLIENTS[c % 4], REMOTES[r % 3], SPORTS[s], RPORTS[rp % 4], flags, payload,
@@ -485,11 +492,11 @@ class Driver:
         src, dst, payload = CLIENTS[c % 4], REMOTES[r % 3], bytes(range(256)) * 2
         ident = self._next_ident()
         if proto == UDP:
-            pkt = udp(src, dst, SPORTS[s], RPORTS[rp % 4], payload[:size], ident=ident)
+            pkt = udp(src, dst, SPORTS[s], RPORTS[rp % 4], payload[:size], ip_id=ident)
         elif proto == TCP:
-            pkt = tcp(src, dst, SPORTS[s], RPORTS[rp % 4], ACK | PSH, payload[:size], ident=ident)
+            pkt = tcp(src, dst, SPORTS[s], RPORTS[rp % 4], ACK | PSH, payload[:size], ip_id=ident)
         else:
-            pkt = echo(src, dst, SPORTS[s] or 7, 2, payload[:size], ident=ident)
+            pkt = echo(src, dst, SPORTS[s] or 7, 2, payload[:size], ip_id=ident)
         frags = fragments(pkt, chunk)
         rnd.shuffle(frags)
         for f in frags:
@@ -502,11 +509,11 @@ class Driver:
         raddr, rport = self._remote.get(m.ext_key, (REMOTES[0], RPORTS[0]))
         payload, ident = bytes(range(256)) * 2, self._next_ident()
         if m.proto == UDP:
-            pkt = udp(raddr, m.ext_addr, rport, m.ext_port, payload[:size], ident=ident)
+            pkt = udp(raddr, m.ext_addr, rport, m.ext_port, payload[:size], ip_id=ident)
         elif m.proto == TCP:
-            pkt = tcp(raddr, m.ext_addr, rport, m.ext_port, ACK, payload[:size], ident=ident)
+            pkt = tcp(raddr, m.ext_addr, rport, m.ext_port, ACK, payload[:size], ip_id=ident)
         else:
-            pkt = echo(raddr, m.ext_addr, m.ext_port, 2, payload[:size], reply=True, ident=ident)
+            pkt = echo(raddr, m.ext_addr, m.ext_port, 2, payload[:size], reply=True, ip_id=ident)
         frags = fragments(pkt, chunk)
         rnd.shuffle(frags)
         for f in frags:
@@ -524,8 +531,12 @@ class Driver:
     def op_expire(self) -> None:
         self.nat.expire(self.now)
 
-    def op_open(self, c, session) -> None:
-        self.nat.open_session(self.now, session=session, client=f"client{c % 4}", vpn_addr=CLIENTS[c % 4])
+    def op_open(self, c) -> None:
+        """A new session (numbers are gateway-unique); the address may still be held by an older one."""
+        self._sessions.append(len(self._sessions) + 1)
+        self.nat.open_session(self.now, session=self._sessions[-1], client=f"client{c % 4}", vpn_addr=CLIENTS[c % 4])
 
-    def op_close(self, session) -> None:
-        self.nat.close_session(self.now, session, "closed")
+    def op_close(self, i) -> None:
+        """Close one of the sessions opened so far (closing one twice is a no-op)."""
+        if self._sessions:
+            self.nat.close_session(self.now, self._sessions[i % len(self._sessions)], "closed")

@@ -14,7 +14,7 @@ from gw import packet as P
 from gw.packet import Drop
 from tests.helpers.packets import CLIENT, PUBLIC, ROUTER, SERVER, A, fresh_l4_checksum, inet_sum, verify
 
-# ---------------------------------------------------------------------- the vector table
+# ---------------------------------------- the vector table
 #
 # Every vector is a real packet: captured with offloads off on both sides of a Linux NAT
 # (shared/vectors/kernel-nat, inside.pcap / outside.pcap), client 10.66.77.2, public 198.51.100.1,
@@ -39,8 +39,8 @@ class Vector:
         return bytes.fromhex(self.hex.replace(" ", "").replace("\n", ""))
 
 
-TCP_SYN_OPTS = bytes.fromhex("020404c4" "0402" "080a8cb1e77100000000" "01" "03030a")  # MSS 1220, SACK-ok, TS, NOP, WS 10
-TCP_SYNACK_OPTS = bytes.fromhex("020404d8" "0402" "080ace3202f88cb1e771" "01" "03030a")  # MSS 1240, ...
+TCP_SYN_OPTS = bytes.fromhex("020404c40402080a8cb1e771000000000103030a")  # MSS 1220, SACK-ok, TS, NOP, WS 10
+TCP_SYNACK_OPTS = bytes.fromhex("020404d80402080ace3202f88cb1e7710103030a")  # MSS 1240, ...
 FRAG_NEEDED_QUOTE_HEAD = (
     "45000594 00004000 3f01d029 c6336401 cb00710a"  # the ping as the router got it: 1428 B, DF, ttl 63
     "08008294 110e0001"  # echo request id 0x110e seq 1
@@ -60,8 +60,18 @@ VECTORS = [
         "4500003c bc124000 4006eb5a 0a424d02 cb00710a"  # IPv4: len 60, id 0xbc12, DF, ttl 64, tcp
         "9a5b0035 49946ab6 00000000 a002fc94 f60a0000"  # TCP: 39515 -> 53, seq, doff 10, SYN, win 64660
         "020404c4 0402080a 8cb1e771 00000000 0103030a",  # options
-        lambda: P.build_tcp(A(CLIENT), A(SERVER), 39515, 53, flags=P.TCP_SYN, seq=0x49946AB6, window=0xFC94,
-                            options=TCP_SYN_OPTS, ident=0xBC12, flags_frag=P.IP_DF),
+        lambda: P.build_tcp(
+            A(CLIENT),
+            A(SERVER),
+            39515,
+            53,
+            flags=P.TCP_SYN,
+            seq=0x49946AB6,
+            window=0xFC94,
+            options=TCP_SYN_OPTS,
+            ident=0xBC12,
+            flags_frag=P.IP_DF,
+        ),
         (0x45, 60, P.IP_DF, P.PROTO_TCP, 0xEB5A, A(CLIENT), A(SERVER), 39515, 53, P.TCP_SYN, 0xF60A),
     ),
     Vector(
@@ -69,16 +79,36 @@ VECTORS = [
         "4500003c 00004000 3f06d57c cb00710a c6336401"  # IPv4: id 0, DF, ttl 63
         "00359a5b dd4ec5a6 49946ab7 a012fe3c ad2c0000"  # TCP: 53 -> 39515, SYN|ACK, win 65084, csum ad2c
         "020404d8 0402080a ce3202f8 8cb1e771 0103030a",
-        lambda: P.build_tcp(A(SERVER), A(PUBLIC), 53, 39515, flags=P.TCP_SYN | P.TCP_ACK_FLAG, seq=0xDD4EC5A6,
-                            ack=0x49946AB7, window=0xFE3C, options=TCP_SYNACK_OPTS, ttl=63, flags_frag=P.IP_DF),
+        lambda: P.build_tcp(
+            A(SERVER),
+            A(PUBLIC),
+            53,
+            39515,
+            flags=P.TCP_SYN | P.TCP_ACK_FLAG,
+            seq=0xDD4EC5A6,
+            ack=0x49946AB7,
+            window=0xFE3C,
+            options=TCP_SYNACK_OPTS,
+            ttl=63,
+            flags_frag=P.IP_DF,
+        ),
         (0x45, 60, P.IP_DF, P.PROTO_TCP, 0xD57C, A(SERVER), A(PUBLIC), 53, 39515, 0x12, 0xAD2C),
     ),
     Vector(
         "tcp RST|ACK from a closed port, window 0, no options (inside.pcap #483)",
         "45000028 00004000 3e06a981 cb00710a 0a424d02"  # IPv4: len 40, ttl 62
         "0051ab1e 00000000 3b653b10 50140000 fa9c0000",  # TCP: 81 -> 43806, ack, RST|ACK, win 0
-        lambda: P.build_tcp(A(SERVER), A(CLIENT), 81, 43806, flags=P.TCP_RST | P.TCP_ACK_FLAG, ack=0x3B653B10,
-                            window=0, ttl=62, flags_frag=P.IP_DF),
+        lambda: P.build_tcp(
+            A(SERVER),
+            A(CLIENT),
+            81,
+            43806,
+            flags=P.TCP_RST | P.TCP_ACK_FLAG,
+            ack=0x3B653B10,
+            window=0,
+            ttl=62,
+            flags_frag=P.IP_DF,
+        ),
         (0x45, 40, P.IP_DF, P.PROTO_TCP, 0xA981, A(SERVER), A(CLIENT), 81, 43806, 0x14, 0xFA9C),
     ),
     Vector(
@@ -88,8 +118,16 @@ VECTORS = [
         "f098036b 00000000 03070600 00000000"  # ping's timestamp
         "10111213 14151617 18191a1b 1c1d1e1f 20212223 24252627 28292a2b 2c2d2e2f 30313233 34353637",
         # build_icmp_echo's ``ident`` is the echo identifier, so it cannot set the IP ID: use build_icmp
-        lambda: P.build_icmp(A(CLIENT), A(SERVER), P.ICMP_ECHO_REQUEST, 0, struct.pack("!HH", 0x110A, 1),
-                             ping_payload(56, "f098036b000000000307060000000000"), ident=0xF5E2, flags_frag=P.IP_DF),
+        lambda: P.build_icmp(
+            A(CLIENT),
+            A(SERVER),
+            P.ICMP_ECHO_REQUEST,
+            0,
+            struct.pack("!HH", 0x110A, 1),
+            ping_payload(56, "f098036b000000000307060000000000"),
+            ident=0xF5E2,
+            flags_frag=P.IP_DF,
+        ),
         (0x45, 84, P.IP_DF, P.PROTO_ICMP, 0xB177, A(CLIENT), A(SERVER), 8, 0, 0x2B17, 0x110A),
     ),
     Vector(
@@ -98,9 +136,14 @@ VECTORS = [
         "03039066 00000000"  # type 3 code 3, csum 9066, unused
         "4500001d c0a74000 3e11e8d9 0a424d02 cb00710a 8f3e0009 00096545 78",  # quote (ttl 62 at the server)
         lambda: P.build_icmp_error(
-            A(SERVER), A(CLIENT), P.ICMP_DEST_UNREACH, P.ICMP_PORT_UNREACH,
-            bytes.fromhex("4500001dc0a740003e11e8d90a424d02cb00710a8f3e000900096545" "78"),
-            tos=0xC0, ident=0x2A1F, ttl=62,
+            A(SERVER),
+            A(CLIENT),
+            P.ICMP_DEST_UNREACH,
+            P.ICMP_PORT_UNREACH,
+            bytes.fromhex("4500001dc0a740003e11e8d90a424d02cb00710a8f3e00090009654578"),
+            tos=0xC0,
+            ident=0x2A1F,
+            ttl=62,
         ),
         (0x45, 57, 0, P.PROTO_ICMP, 0xBE96, A(SERVER), A(CLIENT), 3, 3, 0x9066, 0),
     ),
@@ -113,11 +156,16 @@ VECTORS = [
         + "f198036b 00000000 fe3b0600 00000000"  # timestamp, then the ping pattern 10 11 12 ... to 548 bytes
         + ping_payload(548 - 28, "f198036b00000000fe3b060000000000")[16:].hex(),
         lambda: P.build_icmp_error(
-            A(ROUTER), A(PUBLIC), P.ICMP_DEST_UNREACH, P.ICMP_FRAG_NEEDED,
+            A(ROUTER),
+            A(PUBLIC),
+            P.ICMP_DEST_UNREACH,
+            P.ICMP_FRAG_NEEDED,
             # the whole 1428-byte ping; the builder quotes the first 548 bytes of it
             bytes.fromhex(FRAG_NEEDED_QUOTE_HEAD.replace(" ", ""))
             + ping_payload(1400, "f198036b00000000fe3b060000000000"),
-            mtu=1280, tos=0xC0, ident=0x110F,
+            mtu=1280,
+            tos=0xC0,
+            ident=0x110F,
         ),
         (0x45, 576, 0, P.PROTO_ICMP, 0x1188, A(ROUTER), A(PUBLIC), 3, 4, 0x0EC9, 0),
     ),
@@ -126,7 +174,8 @@ VECTORS = [
 FRAGMENT_VECTOR = (
     # the last fragment of a 3008-byte ping: offset 0x172 * 8 = 2960, MF clear, 48 bytes (inside.pcap #8)
     "45000044 f6020172 4001eff5 0a424d02 cb00710a"
-    "88898a8b 8c8d8e8f 90919293 94959697 98999a9b 9c9d9e9f a0a1a2a3 a4a5a6a7 a8a9aaab acadaeaf b0b1b2b3 b4b5b6b7"
+    "88898a8b 8c8d8e8f 90919293 94959697 98999a9b 9c9d9e9f"
+    "a0a1a2a3 a4a5a6a7 a8a9aaab acadaeaf b0b1b2b3 b4b5b6b7"
 )
 
 
@@ -153,7 +202,9 @@ def test_vector_readers_return_the_annotated_fields(v: Vector) -> None:
     verify(pkt)  # dpkt re-parse + independent checksum recomputation agree with the capture
 
 
-@pytest.mark.parametrize("v", [v for v in VECTORS if v.wire[9] != P.PROTO_ICMP], ids=lambda v: v.name.split(" (")[0])
+@pytest.mark.parametrize(
+    "v", [v for v in VECTORS if v.wire[9] != P.PROTO_ICMP], ids=lambda v: v.name.split(" (")[0]
+)
 def test_vector_l4_checksum_matches_the_captured_tcp_udp_checksum(v: Vector) -> None:
     pkt = v.wire
     at = 20 + (P.TCP_CSUM if pkt[9] == P.PROTO_TCP else P.UDP_CSUM)
@@ -171,7 +222,7 @@ def test_vector_non_first_fragment_builds_and_reads_back() -> None:
     assert bytes(P.fix_checksums(bytearray(wire))) == wire  # a fragment's payload is not touched
 
 
-# ---------------------------------------------------------------------- the bounded reader
+# ---------------------------------------- the bounded reader
 
 
 def _good() -> bytearray:
@@ -195,13 +246,18 @@ BAD_HEADERS = [
     ("IHL 15 past a 33-byte buffer", _with(_good(), 0, "!B", 0x4F, fix=False), Drop.TRUNCATED),
     ("total length 19 < header", _with(_good(), 2, "!H", 19), Drop.BAD_LENGTH),
     ("total length past the buffer", _with(_good(), 2, "!H", 34), Drop.BAD_LENGTH),
-    ("header checksum off by one", _with(_good(), P.IP_CSUM, "!H", P.get_u16(_good(), 10)[0] ^ 1, fix=False),
-     Drop.BAD_CHECKSUM),
+    (
+        "header checksum off by one",
+        _with(_good(), P.IP_CSUM, "!H", P.get_u16(_good(), 10)[0] ^ 1, fix=False),
+        Drop.BAD_CHECKSUM,
+    ),
     ("ttl changed, checksum not", _with(_good(), P.IP_TTL, "!B", 1, fix=False), Drop.BAD_CHECKSUM),
 ]
 
 
-@pytest.mark.parametrize(("pkt", "reason"), [(p, r) for _, p, r in BAD_HEADERS], ids=[n for n, _, _ in BAD_HEADERS])
+@pytest.mark.parametrize(
+    ("pkt", "reason"), [(p, r) for _, p, r in BAD_HEADERS], ids=[n for n, _, _ in BAD_HEADERS]
+)
 def test_check_ipv4_names_the_drop_reason_for_each_malformed_header(pkt: bytearray, reason: Drop) -> None:
     assert P.check_ipv4(pkt) == reason
 
@@ -221,7 +277,7 @@ def test_check_ipv4_never_raises_on_random_bytes() -> None:
             assert P.check_ipv4(buf) in {0, *Drop}
 
 
-# ---------------------------------------------------------------------- checksums
+# ---------------------------------------- checksums
 
 
 def test_rfc1071_section3_numerical_example() -> None:
@@ -230,7 +286,9 @@ def test_rfc1071_section3_numerical_example() -> None:
 
 
 def test_rfc1071_odd_length_is_padded_with_a_zero_byte() -> None:
-    assert P.checksum(b"\x12\x34\x56") == P.checksum(b"\x12\x34\x56\x00") == ~inet_sum(b"\x12\x34\x56") & 0xFFFF
+    assert (
+        P.checksum(b"\x12\x34\x56") == P.checksum(b"\x12\x34\x56\x00") == ~inet_sum(b"\x12\x34\x56") & 0xFFFF
+    )
 
 
 def test_checksum_matches_a_plain_loop_for_random_buffers() -> None:
@@ -258,8 +316,11 @@ def test_rfc1624_incremental_address_and_port_rewrite_equals_full_recomputation(
         old_a, new_a = rng.getrandbits(32), rng.getrandbits(32)
         old_p, new_p = rng.randrange(65536), rng.randrange(65536)
         payload = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 40)))
-        pkt = P.build_udp(old_a, A(SERVER), old_p, 53, payload) if rng.random() < 0.5 else P.build_tcp(
-            old_a, A(SERVER), old_p, 80, payload=payload)
+        pkt = (
+            P.build_udp(old_a, A(SERVER), old_p, 53, payload)
+            if rng.random() < 0.5
+            else P.build_tcp(old_a, A(SERVER), old_p, 80, payload=payload)
+        )
         proto = pkt[9]
         at = 20 + (P.TCP_CSUM if proto == P.PROTO_TCP else P.UDP_CSUM)
         c = P.get_u16(pkt, at)[0]
@@ -311,7 +372,7 @@ def test_pseudo_header_sum_is_rfc768_src_dst_zero_proto_length() -> None:
     assert (got % 0xFFFF or 0xFFFF) == (want % 0xFFFF or 0xFFFF)
 
 
-# ---------------------------------------------------------------------- builders' small contracts
+# ---------------------------------------- builders' small contracts
 
 
 def test_icmp_error_quote_is_capped_at_548_bytes_rfc1812_4_3_2_3() -> None:

@@ -1,0 +1,160 @@
+"""The sans-I/O boundary (STYLE section 2, checklist section 9): the cores import nothing that does I/O,
+runs an event loop or reads a clock, directly or through another module of this repository."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CORES = [
+    "gw/packet.py",
+    "gw/nat.py",
+    "gw/frag.py",
+    "gw/tcp_track.py",
+    "gw/router.py",
+    "gw/config.py",
+    "journal/events.py",
+]
+# I/O, event loops, threads, clocks, logging (the shell's job). subprocess and datetime for the same reasons.
+FORBIDDEN = {
+    "asyncio",
+    "socket",
+    "select",
+    "selectors",
+    "threading",
+    "time",
+    "os",
+    "logging",
+    "subprocess",
+    "datetime",
+    "uvloop",
+    "winloop",
+}
+# gw/inet.py converts addresses with socket.inet_ntoa, a pure function: that single use is allowed.
+ALLOWED = {("gw/inet.py", "socket"): {"inet_ntoa"}}
+# cores that may call a builtin doing I/O, and which: config.load reads the file it is given
+IO_BUILTINS = {"open", "print", "input", "breakpoint", "exec", "eval", "__import__"}
+ALLOWED_CALLS = {("gw/config.py", "open"): {"load"}}
+
+
+def _tree(rel: str) -> ast.Module:
+    return ast.parse((ROOT / rel).read_text(encoding="utf-8"), rel)
+
+
+def _imports(rel: str) -> list[tuple[str, int]]:
+    return _imports_in(_tree(rel))
+
+
+def _imports_in(tree: ast.Module) -> list[tuple[str, int]]:
+    """(module name, line) for every import in a file, at any depth (function-level imports count too)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(a.name, node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.module, node.lineno))
+            found += [(f"{node.module}.{a.name}", node.lineno) for a in node.names]  # `from gw import inet`
+    return found
+
+
+def _local_file(module: str) -> str | None:
+    """The repository file a dotted module name is, if it is one of ours."""
+    parts = module.split(".")
+    if parts[0] not in ("gw", "journal"):
+        return None
+    for candidate in ("/".join(parts) + ".py", "/".join(parts) + "/__init__.py"):
+        if (ROOT / candidate).is_file():
+            return candidate
+    return None
+
+
+def _closure(rel: str) -> set[str]:
+    """The file and every repository module it imports, transitively."""
+    seen, todo = {rel}, [rel]
+    while todo:
+        for module, _ in _imports(todo.pop()):
+            local = _local_file(module)
+            if local and local not in seen:
+                seen.add(local)
+                todo.append(local)
+    return seen
+
+
+def _violations(rel: str) -> list[str]:
+    bad = []
+    for module, line in _imports(rel):
+        root = module.split(".")[0]
+        if root in FORBIDDEN and (rel, root) not in ALLOWED:
+            bad.append(f"{rel}:{line} imports {module}")
+    for (path, module), names in ALLOWED.items():
+        if path != rel:
+            continue
+        for node in ast.walk(_tree(rel)):
+            if isinstance(node, ast.ImportFrom) and node.module == module:
+                bad.append(
+                    f"{rel}:{node.lineno} from-imports {module}: only {module}.{'/'.join(names)} is allowed"
+                )
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == module
+                and node.attr not in names
+            ):
+                bad.append(f"{rel}:{node.lineno} uses {module}.{node.attr}")
+    return bad
+
+
+def _io_calls(rel: str, tree: ast.Module | None = None) -> list[str]:
+    """Calls of I/O builtins, each with the innermost function it sits in."""
+    bad = []
+
+    def visit(node: ast.AST, where: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if (
+                isinstance(child, ast.Call)
+                and isinstance(child.func, ast.Name)
+                and child.func.id in IO_BUILTINS
+            ):
+                if where not in ALLOWED_CALLS.get((rel, child.func.id), set()):
+                    bad.append(f"{rel}:{child.lineno} calls {child.func.id}() in {where}")
+            visit(child, child.name if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef) else where)
+
+    visit(tree or _tree(rel), "<module>")
+    return bad
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_core_module_and_everything_it_imports_do_no_io_and_read_no_clock(core: str) -> None:
+    modules = _closure(core)
+    assert core in modules
+    problems = [p for m in sorted(modules) for p in _violations(m)]
+    assert problems == [], "\n".join(problems)
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_core_module_calls_no_io_builtins_outside_config_load(core: str) -> None:
+    assert _io_calls(core) == []
+
+
+def test_the_checker_finds_nested_and_transitive_imports_and_io_calls() -> None:
+    """The checker itself must be able to fail."""
+    src = "def f():\n    import time\n    return time.monotonic()\nfrom os import path\n"
+    found = {m for m, _ in _imports_in(ast.parse(src))}
+    assert {"time", "os"} <= found
+    assert "gw/inet.py" in _closure("gw/router.py") and "gw/packet.py" in _closure("gw/nat.py")
+    assert "journal/events.py" in _closure("gw/nat.py")
+    snippet = ast.parse("def load(p):\n    return open(p)\ndef parse(t):\n    print(t)\n    return open(t)\n")
+    assert _io_calls("gw/config.py", snippet) == [
+        "gw/config.py:4 calls print() in parse",
+        "gw/config.py:5 calls open() in parse",
+    ]
+
+
+def test_inet_uses_socket_only_for_inet_ntoa() -> None:
+    assert _violations("gw/inet.py") == []
+    assert any(m == "socket" for m, _ in _imports("gw/inet.py")), (
+        "update ALLOWED if inet.py stops using socket"
+    )

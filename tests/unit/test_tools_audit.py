@@ -1,0 +1,388 @@
+"""gw-audit through its main(argv): who, client, export, and what bad input gives."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from journal.events import MappingCreated, MappingExpired, SessionClosed, SessionOpened
+from tests.helpers.history import NS, T0, fingerprint, generate, write_journal
+from tools import audit, common
+from tools.audit import EXPORT_FIELDS, main
+from tools.common import format_time
+
+PUB = 0xC6336402  # 198.51.100.2
+VPN_A, VPN_B = 0x0A424D02, 0x0A424D03  # 10.66.77.2, 10.66.77.3
+
+
+def at(seconds: float) -> int:
+    return T0 + int(seconds * NS)
+
+
+def iso(seconds: float) -> str:
+    return format_time(at(seconds))  # ms precision is enough: the events below are on whole seconds
+
+
+def story() -> list:
+    """alice holds 198.51.100.2:40001/udp over [100 s, 400 s); bob gets it at 600 s, after the reuse delay;
+    alice also holds 40001/tcp over [150 s, 200 s)."""
+    events = [
+        SessionOpened(
+            seq=0,
+            at_ns=at(0),
+            session=7,
+            client="alice",
+            fingerprint=fingerprint("alice"),
+            remote_addr="203.0.113.7",
+            remote_port=51820,
+            vpn_addr=VPN_A,
+        ),
+        SessionOpened(
+            seq=0,
+            at_ns=at(50),
+            session=8,
+            client="bob",
+            fingerprint=fingerprint("bob"),
+            remote_addr="203.0.113.8",
+            remote_port=51820,
+            vpn_addr=VPN_B,
+        ),
+        MappingCreated(
+            seq=0,
+            at_ns=at(100),
+            proto=17,
+            int_addr=VPN_A,
+            int_port=5353,
+            ext_addr=PUB,
+            ext_port=40001,
+            client="alice",
+            session=7,
+            remote_addr=0xCB00710A,
+            remote_port=53,
+        ),
+        MappingCreated(
+            seq=0,
+            at_ns=at(150),
+            proto=6,
+            int_addr=VPN_A,
+            int_port=40000,
+            ext_addr=PUB,
+            ext_port=40001,
+            client="alice",
+            session=7,
+        ),
+        MappingExpired(
+            seq=0,
+            at_ns=at(200),
+            proto=6,
+            ext_addr=PUB,
+            ext_port=40001,
+            reason="tcp_closed",
+            packets_out=5,
+            bytes_out=500,
+            packets_in=4,
+            bytes_in=4000,
+        ),
+        MappingExpired(
+            seq=0,
+            at_ns=at(400),
+            proto=17,
+            ext_addr=PUB,
+            ext_port=40001,
+            reason="idle",
+            packets_out=3,
+            bytes_out=180,
+            packets_in=2,
+            bytes_in=120,
+        ),
+        MappingCreated(
+            seq=0,
+            at_ns=at(600),
+            proto=17,
+            int_addr=VPN_B,
+            int_port=1234,
+            ext_addr=PUB,
+            ext_port=40001,
+            client="bob",
+            session=8,
+        ),
+        SessionClosed(seq=0, at_ns=at(700), session=7, client="alice", reason="client_closed"),
+    ]
+    return [type(e)(**{**_fields(e), "seq": i}) for i, e in enumerate(events, 1)]
+
+
+def _fields(e: object) -> dict:
+    return {f: getattr(e, f) for f in e.__struct_fields__}  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Path:
+    d = tmp_path / "journal"
+    write_journal(d, story(), frame_events=2, segment_events=4)
+    return d
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ---------------------------------------------------------------------- who
+
+
+def test_who_names_the_client_its_identity_and_the_mapping(journal, capsys):
+    code, out, _ = run(capsys, journal, "who", "198.51.100.2:40001/udp", "--at", iso(250))
+    assert code == 0
+    assert "held by alice" in out
+    assert fingerprint("alice") in out
+    assert "10.66.77.2:5353" in out
+    assert "session      7, opened" in out and "203.0.113.7:51820" in out
+    assert f"{iso(100)} .. {iso(400)} (idle)" in out
+    assert "203.0.113.10:53" in out  # the logged destination
+
+
+def test_who_finds_the_later_holder_of_the_same_endpoint(journal, capsys):
+    code, out, _ = run(capsys, journal, "who", "198.51.100.2:40001/udp", "--at", iso(650))
+    assert code == 0 and "held by bob" in out and "still held" in out and fingerprint("bob") in out
+
+
+@pytest.mark.parametrize(
+    ("seconds", "holder"),
+    [
+        (99.999_999_999, None),
+        (100, "alice"),
+        (399.999_999_999, "alice"),
+        (400, None),
+        (599, None),
+        (600, "bob"),
+    ],
+)
+def test_who_holds_over_created_up_to_not_including_expired(journal, seconds, holder):
+    j = common.Journal(journal)
+    got = audit.find_holders(j, PUB, 40001, 17, T0 + round(seconds * NS))
+    assert [h.record.client for h in got] == ([holder] if holder else [])
+
+
+def test_who_nobody_exits_1_and_says_so(journal, capsys):
+    code, out, err = run(capsys, journal, "who", "198.51.100.2:40001/udp", "--at", iso(500))
+    assert code == 1
+    assert out == f"nobody held 198.51.100.2:40001/udp at {iso(500)}\n"
+    assert err == ""
+
+
+def test_who_without_proto_answers_every_protocol_that_matches(journal, capsys):
+    code, out, _ = run(capsys, journal, "who", "198.51.100.2:40001", "--at", iso(175), "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert [(h["proto"], h["client"], h["internal"]) for h in doc["holders"]] == [
+        ("udp", "alice", "10.66.77.2:5353"),
+        ("tcp", "alice", "10.66.77.2:40000"),
+    ]
+    assert doc["holders"][1]["end_reason"] == "tcp_closed" and doc["held"] is True
+
+
+def test_who_accepts_epoch_seconds_and_offsets(journal, capsys):
+    epoch = f"{(T0 + 250 * NS) // NS}.5"
+    assert run(capsys, journal, "who", "198.51.100.2:40001/udp", "--at", epoch)[0] == 0
+    plus_one = format_time(at(250)).replace("Z", "")  # same instant written in UTC+01:00
+    hour, rest = plus_one[11:13], plus_one[13:]
+    shifted = f"{plus_one[:11]}{int(hour) + 1:02d}{rest}+01:00"
+    code, out, _ = run(capsys, journal, "who", "198.51.100.2:40001/udp", "--at", shifted)
+    assert code == 0 and "alice" in out
+
+
+def test_who_reads_only_segments_whose_index_names_the_endpoint(tmp_path, monkeypatch):
+    h = generate(11, ticks=300, port_range="40000-40999", snapshot_every=20)
+    d = tmp_path / "j"
+    write_journal(d, h.events, h.snapshots, frame_events=8, segment_events=30)
+    creates = [e for e in h.events if type(e) is MappingCreated and e.session]
+    target = creates[len(creates) // 2]
+    decoded: list[int] = []
+    real = common.Journal.segment_events
+    monkeypatch.setattr(common.Journal, "segment_events", lambda self, i: decoded.append(i) or real(self, i))
+    j = common.Journal(d)
+    assert len(j.segments) > 20
+    got = audit.find_holders(j, target.ext_addr, target.ext_port, target.proto, target.at_ns + 1)
+    assert [g.record.created_seq for g in got] == [target.seq]
+    # the segment with the mapping, maybe the next with its expiry; the session came from a snapshot
+    home = j.segment_for_seq(target.seq)
+    assert set(decoded) <= {home, home + 1}, (sorted(set(decoded)), home)
+    decoded.clear()
+    assert audit.find_holders(common.Journal(d), PUB, 39999, 17, h.end_ns) == []  # never handed out
+    assert decoded == []
+
+
+def test_who_uses_the_snapshot_for_mappings_older_than_the_retained_segments(tmp_path, capsys):
+    h = generate(5, ticks=80, snapshot_ticks=(40,), port_range="40000-40999")
+    snap = h.snapshots[0]
+    d = tmp_path / "j"
+    write_journal(d, h.events, h.snapshots, frame_events=4, segment_events=20)
+    old = sorted(d.glob("seg-*.gwj"))
+    firsts = [int(p.name[4:24]) for p in old]
+    for p, nxt in zip(old, firsts[1:], strict=False):
+        if nxt - 1 <= snap.upto_seq:
+            p.unlink()  # retention: these events are covered by the snapshot
+    assert len(list(d.glob("seg-*.gwj"))) < len(old)
+    row = max(range(len(snap.proto)), key=lambda r: snap.created_ns[r])
+    proto = {17: "udp", 6: "tcp", 1: "icmp"}[snap.proto[row]]
+    ep = f"{format_ep(snap.ext_addr[row], snap.ext_port[row])}/{proto}"
+    code, out, _ = run(capsys, d, "who", ep, "--at", f"{snap.at_ns // NS}.{snap.at_ns % NS:09d}")
+    assert code == 0, out
+    session = next(s for s in snap.sessions if s.session == snap.session[row])
+    assert f"held by {session.client}" in out and session.fingerprint in out
+    assert "from         snapshot snap-" in out
+
+
+def format_ep(addr: int, port: int) -> str:
+    return f"{addr >> 24}.{addr >> 16 & 255}.{addr >> 8 & 255}.{addr & 255}:{port}"
+
+
+def test_who_writes_no_index_into_a_directory_it_may_not_write(journal, capsys, monkeypatch):
+    real_access = os.access
+    monkeypatch.setattr(
+        common.os, "access", lambda p, mode: False if mode == os.W_OK else real_access(p, mode)
+    )
+    assert run(capsys, journal, "who", "198.51.100.2:40001/udp", "--at", iso(250))[0] == 0
+    assert not list(journal.glob("*.idx"))
+
+
+def test_who_corrupt_segment_is_one_line_naming_file_and_offset_and_salvage_reads_around(journal, capsys):
+    seg = sorted(journal.glob("seg-*.gwj"))[0]
+    data = bytearray(seg.read_bytes())
+    second = data.find(b"GWJ1", 4)  # corrupt the second frame's payload (events 3..4: the mappings)
+    data[second + 60] ^= 0xFF
+    seg.write_bytes(bytes(data))
+    code, out, err = run(capsys, journal, "who", "198.51.100.2:40001/udp", "--at", iso(250))
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert seg.name in err and f"byte {second}" in err and "--salvage" in err
+    code, out, err = run(capsys, journal, "--salvage", "who", "198.51.100.2:40001/udp", "--at", iso(650))
+    assert code == 0 and "bob" in out
+    assert "note:" in err and f"offset {second}" in err
+
+
+# ---------------------------------------------------------------------- client
+
+
+def test_client_lists_its_mappings_overlapping_the_window_and_its_sessions(journal, capsys):
+    code, out, _ = run(capsys, journal, "--json", "client", "alice", "--from", iso(180), "--to", iso(300))
+    assert code == 0
+    doc = json.loads(out)
+    assert [(m["proto"], m["external"], m["start"], m["end"]) for m in doc["mappings"]] == [
+        ("udp", "198.51.100.2:40001", iso(100), iso(400)),  # ends after the window: its real end
+        ("tcp", "198.51.100.2:40001", iso(150), iso(200)),
+    ]
+    assert [(s["session"], s["closed"]) for s in doc["sessions"]] == [(7, iso(700))]
+    code, out, _ = run(capsys, journal, "client", "alice", "--from", iso(200), "--to", iso(250))
+    assert "mappings (1)" in out  # the TCP mapping ended at 200 s: [150, 200) does not meet [200, 250]
+    code, out, _ = run(capsys, journal, "client", "bob", "--from", iso(0), "--to", iso(599))
+    assert "mappings (0)" in out and "sessions (1)" in out
+
+
+# ---------------------------------------------------------------------- export
+
+
+def test_export_csv_has_ipfix_field_names_and_one_record_per_mapping(journal, capsys):
+    code, out, _ = run(capsys, journal, "export", "--from", iso(0), "--to", iso(1000), "--format", "csv")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert tuple(rows[0]) == EXPORT_FIELDS
+    for name in (
+        "protocolIdentifier",
+        "sourceIPv4Address",
+        "sourceTransportPort",
+        "postNATSourceIPv4Address",
+        "postNAPTSourceTransportPort",
+        "natEvent",
+        "flowStartMilliseconds",
+        "flowEndMilliseconds",
+        "initiatorPackets",
+        "responderOctets",
+    ):
+        assert name in rows[0]
+    by_start = {(r["protocolIdentifier"], r["flowStartMilliseconds"]): r for r in rows}
+    assert len(rows) == 3
+    udp = by_start[("17", str(at(100) // 1_000_000))]
+    assert udp["natEvent"] == "9" and udp["flowEndMilliseconds"] == str(at(400) // 1_000_000)
+    assert (udp["sourceIPv4Address"], udp["sourceTransportPort"]) == ("10.66.77.2", "5353")
+    assert (udp["postNATSourceIPv4Address"], udp["postNAPTSourceTransportPort"]) == ("198.51.100.2", "40001")
+    assert (udp["destinationIPv4Address"], udp["destinationTransportPort"]) == ("203.0.113.10", "53")
+    assert (udp["initiatorPackets"], udp["initiatorOctets"], udp["responderPackets"]) == ("3", "180", "2")
+    assert (udp["client"], udp["fingerprint"], udp["end_reason"]) == ("alice", fingerprint("alice"), "idle")
+    bob = by_start[("17", str(at(600) // 1_000_000))]
+    assert bob["natEvent"] == "8" and bob["flowEndMilliseconds"] == "" and bob["end_reason"] == "still_held"
+    assert bob["destinationIPv4Address"] == ""  # not logged
+
+
+def test_export_jsonl_to_a_file(journal, tmp_path, capsys):
+    target = tmp_path / "out.jsonl"
+    code, out, err = run(
+        capsys, journal, "export", "--from", iso(120), "--to", iso(160), "--format", "jsonl", "-o", target
+    )
+    assert code == 0 and out == "" and "wrote 2 records" in err
+    records = [json.loads(line) for line in target.read_text().splitlines()]
+    assert sorted(r["protocolIdentifier"] for r in records) == [6, 17]
+    assert set(records[0]) == set(EXPORT_FIELDS)
+
+
+def test_export_refuses_to_write_into_the_journal(journal, capsys):
+    code, _, err = run(capsys, journal, "export", "--from", iso(0), "--to", iso(1), "-o", journal / "x.csv")
+    assert code == 2 and "outside the journal directory" in err
+    assert not (journal / "x.csv").exists()
+
+
+# ---------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("argv", "expect"),
+    [
+        (["{missing}", "who", "198.51.100.2:40001/udp", "--at", "1795000000"], "no such journal directory"),
+        (["{dir}", "who", "198.51.100.2:40001/udp", "--at", "yesterday"], "bad time 'yesterday'"),
+        (["{dir}", "who", "198.51.100.2:40001/udp", "--at", "2026-11-23T10:02:17"], "add a UTC offset"),
+        (["{dir}", "who", "198.51.100.2:40001/udp", "--at", "2026-13-23T10:02:17Z"], "bad time"),
+        (["{dir}", "who", "198.51.100.2/udp", "--at", "1795000000"], "bad endpoint"),
+        (["{dir}", "who", "198.51.100.256:1/udp", "--at", "1795000000"], "not an IPv4 address"),
+        (["{dir}", "who", "198.51.100.2:70000", "--at", "1795000000"], "not 0-65535"),
+        (["{dir}", "who", "198.51.100.2:1/sctp", "--at", "1795000000"], "unknown protocol 'sctp'"),
+        (["{dir}", "who", "198.51.100.2:1/udp"], "--at"),
+        (["{dir}", "client", "alice", "--from", "1795000100", "--to", "1795000000"], "is after --to"),
+        (["{dir}", "export", "--from", "0", "--to", "1", "--format", "xml"], "invalid choice"),
+        (["{dir}"], "required"),
+        (["{empty}", "who", "198.51.100.2:1", "--at", "0"], "holds no journal"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_no_traceback(journal, tmp_path, capsys, argv, expect):
+    (tmp_path / "empty").mkdir()
+    subst = {"{dir}": str(journal), "{missing}": str(tmp_path / "nope"), "{empty}": str(tmp_path / "empty")}
+    code, out, err = run(capsys, *[subst.get(a, a) for a in argv])
+    assert code == 2
+    assert expect in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert out == ""
+
+
+def test_help_teaches_with_examples(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "examples:" in out and "who 198.51.100.2:40001/udp --at" in out
+    code, out, _ = run(capsys, "DIR", "export", "--help")
+    assert code == 0 and "postNAPTSourceTransportPort" in out and "IPFIX" in out
+
+
+def test_audit_never_modifies_the_journal(journal, capsys):
+    seg = sorted(journal.glob("seg-*.gwj"))[-1]
+    with open(seg, "ab") as f:
+        f.write(b"GWJ1\x30\x00")  # a torn tail: the writer crashed mid-frame
+    before = {p.name: p.read_bytes() for p in journal.iterdir()}
+    run(capsys, journal, "who", "198.51.100.2:40001/udp", "--at", iso(650))
+    run(capsys, journal, "client", "bob", "--from", iso(0), "--to", iso(1000))
+    code, _, err = run(capsys, journal, "export", "--from", iso(0), "--to", iso(1000))
+    assert code == 0 and "torn tail of 6 bytes" in err
+    after = {p.name: p.read_bytes() for p in journal.iterdir() if not p.name.endswith(".idx")}
+    assert after == before
