@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument("--journal", metavar="DIR", help="journal directory (default: a new temporary one)")
-    demo.add_argument("--clients", type=int, default=3, metavar="N", help="simulated clients (1-200, default 3)")
+    demo.add_argument(
+        "--clients", type=int, default=3, metavar="N", help="simulated clients (1-200, default 3)"
+    )
     demo.add_argument("--keep", action="store_true", help="keep the journal directory afterwards")
     demo.add_argument("--quiet", action="store_true", help="print only the summary")
     return parser

@@ -140,8 +140,10 @@ def _describe(e: msgspec.ValidationError, raw: dict) -> str:
     section = path[0]
     fields = getattr(GatewayConfig(), section)
     if unknown:
-        return (f"[{section}] {unknown[1]}: unknown key (check the spelling; the keys are "
-                f"{', '.join(type(fields).__struct_fields__)})")
+        return (
+            f"[{section}] {unknown[1]}: unknown key (check the spelling; the keys are "
+            f"{', '.join(type(fields).__struct_fields__)})"
+        )
     value: object = raw
     try:
         for step in path:
@@ -170,7 +172,11 @@ def check(config: GatewayConfig, source: str = "gateway.toml") -> None:
     if not (sep and first.isascii() and first.isdigit() and last.isascii() and last.isdigit()):
         fail("[nat] port_range", nat.port_range, 'write it as "FIRST-LAST", e.g. "1024-65535"')
     if not 1024 <= int(first) <= 65535 or not 1024 <= int(last) <= 65535:
-        fail("[nat] port_range", nat.port_range, "ports must lie in 1024-65535 (ports below 1024 map below 1024)")
+        fail(
+            "[nat] port_range",
+            nat.port_range,
+            "ports must lie in 1024-65535 (ports below 1024 map below 1024)",
+        )
     if int(first) > int(last):
         fail("[nat] port_range", nat.port_range, f'start is above end (write "{last}-{first}")')
     if not nat.external_addresses:
@@ -220,8 +226,11 @@ def check(config: GatewayConfig, source: str = "gateway.toml") -> None:
     if not inet.in_prefix(gw_addr, net, length):
         fail("[vpn] gateway_address", vpn.gateway_address, f"must lie inside [vpn] subnet {vpn.subnet}")
     if gw_addr in (net, net | (~inet.prefix_mask(length) & 0xFFFFFFFF)):
-        fail("[vpn] gateway_address", vpn.gateway_address,
-             f"is the network or broadcast address of {vpn.subnet}; use a host address such as {inet.ntoa(net + 1)}")
+        fail(
+            "[vpn] gateway_address",
+            vpn.gateway_address,
+            f"is the network or broadcast address of {vpn.subnet}; use a host address such as {inet.ntoa(net + 1)}",
+        )
     for d in vpn.deny:
         try:
             inet.parse_prefix(d)
@@ -229,4 +238,8 @@ def check(config: GatewayConfig, source: str = "gateway.toml") -> None:
             fail("[vpn] deny", d, f'{e} (write a prefix, e.g. "169.254.0.0/16")')
     for a in nat.external_addresses:
         if inet.in_prefix(inet.aton(a), net, length):
-            fail("[nat] external_addresses", a, f"a public address cannot lie inside the VPN subnet {vpn.subnet}")
+            fail(
+                "[nat] external_addresses",
+                a,
+                f"a public address cannot lie inside the VPN subnet {vpn.subnet}",
+            )

@@ -46,8 +46,10 @@ class Demo:
         self.router = Router(VpnConfig())
         self.writer = JournalWriter(journal_dir, fsync="interval")
         self.writer.start()
-        self.clients = [(NAMES[i] if i < len(NAMES) else f"client-{i + 1:03d}", aton("10.66.77.2") + i)
-                        for i in range(clients)]
+        self.clients = [
+            (NAMES[i] if i < len(NAMES) else f"client-{i + 1:03d}", aton("10.66.77.2") + i)
+            for i in range(clients)
+        ]
         self.journaled: list = []  # what went to the writer, for the summary
 
     def say(self, text: str) -> None:
@@ -75,7 +77,9 @@ class Demo:
             self.say(f"  {name:<6} {before:<48} out as {_src(pkt)}")
             result = pkt
         elif verdict == HAIRPIN:
-            self.say(f"  {name:<6} {before:<48} hairpin to {self.router.route_to_client(pkt)[1]} as from {_src(pkt)}")
+            self.say(
+                f"  {name:<6} {before:<48} hairpin to {self.router.route_to_client(pkt)[1]} as from {_src(pkt)}"
+            )
         else:
             self.say(f"  {name:<6} {before:<48} {_verdict_name(verdict)}")
         for to_internet, p in self._released():
@@ -104,8 +108,15 @@ class Demo:
         nat = self.nat
         nat.record_event(GatewayStarted, self.now, version=__version__, ext_addrs=nat.ext_addrs)
         for session, (name, addr) in enumerate(self.clients, 1):
-            nat.open_session(self.now, session=session, client=name, vpn_addr=addr,
-                             fingerprint=f"sha256:{session:064x}", remote_addr="192.0.2.1", remote_port=40000 + session)
+            nat.open_session(
+                self.now,
+                session=session,
+                client=name,
+                vpn_addr=addr,
+                fingerprint=f"sha256:{session:064x}",
+                remote_addr="192.0.2.1",
+                remote_port=40000 + session,
+            )
             self.router.attach(addr, name)
         self.flush_events()
         first, second = self.clients[0], self.clients[min(1, len(self.clients) - 1)]
@@ -120,7 +131,9 @@ class Demo:
 
         self.say("\nAnti-spoofing and policy:")
         self.send(first[0], first[1], P.build_udp(first[1] + 100, DNS_SERVER, 1234, 53, b"spoofed"))
-        self.send(first[0], first[1], P.build_tcp(first[1], aton("169.254.169.254"), 40000, 80, flags=P.TCP_SYN))
+        self.send(
+            first[0], first[1], P.build_tcp(first[1], aton("169.254.169.254"), 40000, 80, flags=P.TCP_SYN)
+        )
         self.say("\nA stranger knocks (address-and-port-dependent filtering):")
         m = nat.lookup_internal(17, first[1], 40000)
         if m is not None:
@@ -146,17 +159,44 @@ class Demo:
             self.receive(P.build_udp(DNS_SERVER, _src_addr(q), 53, _sport(q), b"\x12\x34\x81\x80answer"))
 
     def http(self, name: str, addr: int) -> None:
-        syn = self.send(name, addr, P.build_tcp(addr, WEB_SERVER, 50000, 80, flags=P.TCP_SYN, seq=1000,
-                                                options=P.mss_option(1460)))
+        syn = self.send(
+            name,
+            addr,
+            P.build_tcp(addr, WEB_SERVER, 50000, 80, flags=P.TCP_SYN, seq=1000, options=P.mss_option(1460)),
+        )
         if syn is None:
             return
         ext, port = _src_addr(syn), _sport(syn)
-        self.receive(P.build_tcp(WEB_SERVER, ext, 80, port, flags=P.TCP_SYN | P.TCP_ACK_FLAG, seq=5000, ack=1001,
-                                 options=P.mss_option(1460)))
-        self.send(name, addr, P.build_tcp(addr, WEB_SERVER, 50000, 80, seq=1001, ack=5001, payload=b"GET / HTTP/1.1\r\n\r\n"))
-        self.receive(P.build_tcp(WEB_SERVER, ext, 80, port, seq=5001, ack=1019, payload=b"HTTP/1.1 200 OK\r\n\r\nhello"))
-        self.send(name, addr, P.build_tcp(addr, WEB_SERVER, 50000, 80, flags=P.TCP_FIN | P.TCP_ACK_FLAG, seq=1019, ack=5025))
-        self.receive(P.build_tcp(WEB_SERVER, ext, 80, port, flags=P.TCP_FIN | P.TCP_ACK_FLAG, seq=5025, ack=1020))
+        self.receive(
+            P.build_tcp(
+                WEB_SERVER,
+                ext,
+                80,
+                port,
+                flags=P.TCP_SYN | P.TCP_ACK_FLAG,
+                seq=5000,
+                ack=1001,
+                options=P.mss_option(1460),
+            )
+        )
+        self.send(
+            name,
+            addr,
+            P.build_tcp(addr, WEB_SERVER, 50000, 80, seq=1001, ack=5001, payload=b"GET / HTTP/1.1\r\n\r\n"),
+        )
+        self.receive(
+            P.build_tcp(
+                WEB_SERVER, ext, 80, port, seq=5001, ack=1019, payload=b"HTTP/1.1 200 OK\r\n\r\nhello"
+            )
+        )
+        self.send(
+            name,
+            addr,
+            P.build_tcp(addr, WEB_SERVER, 50000, 80, flags=P.TCP_FIN | P.TCP_ACK_FLAG, seq=1019, ack=5025),
+        )
+        self.receive(
+            P.build_tcp(WEB_SERVER, ext, 80, port, flags=P.TCP_FIN | P.TCP_ACK_FLAG, seq=5025, ack=1020)
+        )
 
     def ping(self, name: str, addr: int) -> None:
         req = self.send(name, addr, P.build_icmp_echo(addr, ECHO_SERVER, 0x4242, 1, b"ping"))
@@ -215,19 +255,25 @@ def _run(journal_dir: Path, clients: int, quiet: bool, kept: bool) -> int:
 
     created = [e for e in seen if isinstance(e, MappingCreated)]
     print("\nSummary")
-    print(f"  clients {clients}, events journaled {len(seen)}, mappings created {len(created)}, live {len(nat)}")
+    print(
+        f"  clients {clients}, events journaled {len(seen)}, mappings created {len(created)}, live {len(nat)}"
+    )
     drops = {P.Drop(i).name.lower(): n for i, n in enumerate(nat.drops) if n and i}
-    print(f"  NAT drops and holds: {drops or 'none'}; router: "
-          f"{ {_verdict_name(i): n for i, n in enumerate(demo.router.counts) if n} }")
+    print(
+        f"  NAT drops and holds: {drops or 'none'}; router: "
+        f"{ {_verdict_name(i): n for i, n in enumerate(demo.router.counts) if n} }"
+    )
     size = sum(p.stat().st_size for p in journal_dir.iterdir() if p.is_file())
     print(f"  journal: {journal_dir} ({size} bytes on disk)")
 
     rec = recovery.load(journal_dir)
     restored = Nat.restore(demo.config, rec.snapshot, rec.events)
     same = restored.table_state() == nat.table_state()
-    print(f"  recovery: snapshot at seq {rec.snapshot.upto_seq if rec.snapshot else '-'}, "
-          f"{len(rec.events)} events folded, clean stop: {rec.clean}; "
-          f"{len(restored)} mappings restored, same table and external ports: {'yes' if same else 'NO'}")
+    print(
+        f"  recovery: snapshot at seq {rec.snapshot.upto_seq if rec.snapshot else '-'}, "
+        f"{len(rec.events)} events folded, clean stop: {rec.clean}; "
+        f"{len(restored)} mappings restored, same table and external ports: {'yes' if same else 'NO'}"
+    )
     for note in rec.notes:
         print(f"  recovery note: {note}")
 
@@ -244,7 +290,9 @@ def _run(journal_dir: Path, clients: int, quiet: bool, kept: bool) -> int:
         for line in (answer.stdout + answer.stderr).strip().splitlines():
             print(f"  {line}")
     if kept:
-        print(f"\nThe journal is kept: try  gw-replay {journal_dir} timeline  or  gw-replay {journal_dir} stats")
+        print(
+            f"\nThe journal is kept: try  gw-replay {journal_dir} timeline  or  gw-replay {journal_dir} stats"
+        )
     return 0 if same else 1
 
 

@@ -91,7 +91,9 @@ COUNT_SHIFT = 48
 ONE_PACKET = 1 << COUNT_SHIFT
 BYTES_MASK = ONE_PACKET - 1
 NO_REMOTE = -1  # matches no remote: a mapping restored without its remotes waits for the next outbound packet
-MAX_REMOTES = 4096  # remotes remembered per mapping for filtering; past it new remotes are not admitted inbound
+MAX_REMOTES = (
+    4096  # remotes remembered per mapping for filtering; past it new remotes are not admitted inbound
+)
 PICK_TRIES = 64  # random port draws before a linear scan (the range is nearly full by then)
 LOW_PORTS = (1, 1023)  # RFC 4787 REQ-3 / 6056: source ports below 1024 map below 1024
 
@@ -112,10 +114,31 @@ def flow_key(proto: int, addr: int, port: int) -> int:
 class Mapping:
     """One NAT mapping. ``key`` and ``ext_key`` are ``flow_key`` ints; counters are packed (see ONE_PACKET)."""
 
-    __slots__ = ("key", "ext_key", "session", "remote", "remotes", "created", "last_seen", "state", "out", "inb")
+    __slots__ = (
+        "key",
+        "ext_key",
+        "session",
+        "remote",
+        "remotes",
+        "created",
+        "last_seen",
+        "state",
+        "out",
+        "inb",
+    )
 
-    def __init__(self, key: int, ext_key: int, session: int, remote: int, created: int, last_seen: int,
-                 state: int, out: int = 0, inb: int = 0) -> None:
+    def __init__(
+        self,
+        key: int,
+        ext_key: int,
+        session: int,
+        remote: int,
+        created: int,
+        last_seen: int,
+        state: int,
+        out: int = 0,
+        inb: int = 0,
+    ) -> None:
         self.key = key
         self.ext_key = ext_key
         self.session = session
@@ -166,10 +189,18 @@ class _TableView:
         self.resting = [(k, u) for k, u in nat._resting.items() if u > now]
         self.sessions = list(nat._session_events.values())
         self.quota_flagged = [addr for addr, client in nat._clients.items() if client[2]]
+        self.log_destination = nat._log_dest
 
     def build(self) -> Snapshot:
-        """Column-wise snapshot. Mappings removed after the view was taken are fine: their expiry is later in the journal."""
+        """Column-wise snapshot. A mapping removed since the view was taken is fine: its expiry comes later.
+
+        The first remote of each mapping (its filtering state) is kept only under ``log_destination``:
+        without it the operator chose not to record destinations, and a restored mapping re-learns its
+        remote from the client's next packet.
+        """
         ms = self.mappings
+        names = {opened.session: opened.client for opened in self.sessions}
+        remotes = [max(m.remote, 0) for m in ms] if self.log_destination else [0] * len(ms)
         return Snapshot(
             upto_seq=self.upto_seq,
             at_ns=self.at_ns,
@@ -186,8 +217,9 @@ class _TableView:
             bytes_out=[m.out & BYTES_MASK for m in ms],
             packets_in=[m.inb >> COUNT_SHIFT for m in ms],
             bytes_in=[m.inb & BYTES_MASK for m in ms],
-            remote_addr=[max(m.remote, 0) >> 16 for m in ms],
-            remote_port=[max(m.remote, 0) & 0xFFFF for m in ms],
+            remote_addr=[r >> 16 for r in remotes],
+            remote_port=[r & 0xFFFF for r in remotes],
+            client=[names.get(m.session, "") for m in ms],
             rest_proto=[k >> 48 for k, _ in self.resting],
             rest_ext_addr=[k >> 16 & 0xFFFFFFFF for k, _ in self.resting],
             rest_ext_port=[k & 0xFFFF for k, _ in self.resting],
@@ -510,7 +542,7 @@ class Nat:
         return 0, m
 
     def _icmp_error(self, pkt: bytearray, l4: int, outbound: bool) -> int:
-        """Translate an ICMP error and the packet it quotes (RFC 5508 REQ-3, 4). Returns 0 or a Drop reason.
+        """Translate an ICMP error and the packet it quotes (RFC 5508). Returns 0 or a Drop reason.
 
         Outbound, the client quotes an inbound packet (remote -> int endpoint); inbound, the remote quotes
         one of our outbound packets (ext endpoint -> remote). The quoted endpoint of ours is rewritten,
@@ -544,14 +576,26 @@ class Nat:
             else:
                 remote = q_src << 16 | q_sport
             new_addr, new_port = m.ext_key >> 16 & 0xFFFFFFFF, m.ext_key & 0xFFFF
-            outer_field, q_field, port_off, old_addr, old_port = P.IP_SRC, P.IP_DST, P.TCP_DPORT, q_dst, q_dport
+            outer_field, q_field, port_off, old_addr, old_port = (
+                P.IP_SRC,
+                P.IP_DST,
+                P.TCP_DPORT,
+                q_dst,
+                q_dport,
+            )
         else:  # quoted: our (q_src, q_sport) -> remote
             m = self._by_ext.get(flow_key(q_proto, q_src, q_sport))
             if m is None or q_src != outer_dst:
                 return Drop.ICMP_ERROR_MISMATCH
             remote = q_dst << 16 if q_proto == P.PROTO_ICMP else q_dst << 16 | q_dport
             new_addr, new_port = m.key >> 16 & 0xFFFFFFFF, m.key & 0xFFFF
-            outer_field, q_field, port_off, old_addr, old_port = P.IP_DST, P.IP_SRC, P.TCP_SPORT, q_src, q_sport
+            outer_field, q_field, port_off, old_addr, old_port = (
+                P.IP_DST,
+                P.IP_SRC,
+                P.TCP_SPORT,
+                q_src,
+                q_sport,
+            )
         if not self._admits(m, remote & self._rmask):
             return Drop.FILTERED
         _rewrite_addr(pkt, outer_field, new_addr)
@@ -572,7 +616,7 @@ class Nat:
                     P.put_u16(pkt, csum_at, c or 0xFFFF if q_proto == P.PROTO_UDP else c)
         P.put_u16(pkt, l4 + P.ICMP_CSUM, 0)
         P.put_u16(pkt, l4 + P.ICMP_CSUM, P.checksum(pkt, l4, total))
-        # counted, never refreshing nor ending the mapping (RFC 5508 REQ-? : errors don't keep state alive)
+        # counted; an ICMP error neither refreshes nor ends the mapping it quotes (RFC 5508)
         if outbound:
             m.out += ONE_PACKET + total
         else:
@@ -677,8 +721,18 @@ class Nat:
             if client[1] >= self._quota:
                 if not client[2]:
                     session, name = self._sessions.get(src, (0, ""))
-                    self._record(QuotaHit(seq=self.next_seq, at_ns=now, proto=proto, int_addr=src, int_port=sport,
-                                          quota=self._quota, client=name, session=session))
+                    self._record(
+                        QuotaHit(
+                            seq=self.next_seq,
+                            at_ns=now,
+                            proto=proto,
+                            int_addr=src,
+                            int_port=sport,
+                            quota=self._quota,
+                            client=name,
+                            session=session,
+                        )
+                    )
                 return Drop.QUOTA
             ext_addr = client[0]
         port = self._pick_port(proto, ext_addr, sport, now)
@@ -686,11 +740,21 @@ class Nat:
             return Drop.PORTS_EXHAUSTED
         session, name = self._sessions.get(src, (0, ""))
         log = self._log_dest
-        self._record(MappingCreated(
-            seq=self.next_seq, at_ns=now, proto=proto, int_addr=src, int_port=sport, ext_addr=ext_addr,
-            ext_port=port, client=name, session=session,
-            remote_addr=dst if log else 0, remote_port=dport if log else 0,
-        ))
+        self._record(
+            MappingCreated(
+                seq=self.next_seq,
+                at_ns=now,
+                proto=proto,
+                int_addr=src,
+                int_port=sport,
+                ext_addr=ext_addr,
+                ext_port=port,
+                client=name,
+                session=session,
+                remote_addr=dst if log else 0,
+                remote_port=dport if log else 0,
+            )
+        )
         m = self._by_int[flow_key(proto, src, sport)]
         m.remote = (dst << 16 | dport) & self._rmask
         return m
@@ -794,12 +858,20 @@ class Nat:
         return m
 
     def _expire_mapping(self, m: Mapping, now: int, reason: str) -> None:
-        self._record(MappingExpired(
-            seq=self.next_seq, at_ns=now, proto=m.key >> 48, ext_addr=m.ext_key >> 16 & 0xFFFFFFFF,
-            ext_port=m.ext_key & 0xFFFF, reason=reason,
-            packets_out=m.out >> COUNT_SHIFT, bytes_out=m.out & BYTES_MASK,
-            packets_in=m.inb >> COUNT_SHIFT, bytes_in=m.inb & BYTES_MASK,
-        ))
+        self._record(
+            MappingExpired(
+                seq=self.next_seq,
+                at_ns=now,
+                proto=m.key >> 48,
+                ext_addr=m.ext_key >> 16 & 0xFFFFFFFF,
+                ext_port=m.ext_key & 0xFFFF,
+                reason=reason,
+                packets_out=m.out >> COUNT_SHIFT,
+                bytes_out=m.out & BYTES_MASK,
+                packets_in=m.inb >> COUNT_SHIFT,
+                bytes_in=m.inb & BYTES_MASK,
+            )
+        )
 
     # ------------------------------------------------------------------ commands from the shell
 
@@ -831,14 +903,29 @@ class Nat:
         return self._wheel_due[0] * NS if self._wheel_due else None
 
     def open_session(
-        self, now: int, *, session: int, client: str, vpn_addr: int, fingerprint: str = "",
-        remote_addr: str = "", remote_port: int = 0,
+        self,
+        now: int,
+        *,
+        session: int,
+        client: str,
+        vpn_addr: int,
+        fingerprint: str = "",
+        remote_addr: str = "",
+        remote_port: int = 0,
     ) -> None:
         """Record that ``client`` now holds ``vpn_addr``: its mappings are journaled under its name."""
-        self._record(SessionOpened(
-            seq=self.next_seq, at_ns=now, session=session, client=client, fingerprint=fingerprint,
-            remote_addr=remote_addr, remote_port=remote_port, vpn_addr=vpn_addr,
-        ))
+        self._record(
+            SessionOpened(
+                seq=self.next_seq,
+                at_ns=now,
+                session=session,
+                client=client,
+                fingerprint=fingerprint,
+                remote_addr=remote_addr,
+                remote_port=remote_port,
+                vpn_addr=vpn_addr,
+            )
+        )
 
     def close_session(self, now: int, session: int, reason: str, **counters: int) -> None:
         """End a session and every mapping of its address, so the address can go to someone else unambiguously."""
@@ -847,8 +934,11 @@ class Nat:
             return
         for m in [m for m in self._by_int.values() if m.key >> 16 & 0xFFFFFFFF == opened.vpn_addr]:
             self._expire_mapping(m, now, "session_closed")
-        self._record(SessionClosed(seq=self.next_seq, at_ns=now, session=session, client=opened.client,
-                                   reason=reason, **counters))
+        self._record(
+            SessionClosed(
+                seq=self.next_seq, at_ns=now, session=session, client=opened.client, reason=reason, **counters
+            )
+        )
 
     def record_event(self, event_type: type, now: int, **fields: Any) -> JournalEvent:
         """Journal a fact that changes no NAT state (gateway started, session refused...) in the one sequence."""
@@ -864,7 +954,10 @@ class Nat:
 
     @classmethod
     def restore(
-        cls, config: NatConfig, snapshot: Snapshot | None, events: Iterable[JournalEvent],
+        cls,
+        config: NatConfig,
+        snapshot: Snapshot | None,
+        events: Iterable[JournalEvent],
         rng: random.Random | None = None,
     ) -> Nat:
         """The table as the journal left it: a snapshot, then every later event through ``apply``."""
@@ -888,15 +981,39 @@ class Nat:
         rmask = self._rmask
         by_int, by_ext, clients, wheel = self._by_int, self._by_ext, self._clients, self._wheel
         udp_ns, icmp_ns, est_ns, trans_ns = self._udp_ns, self._icmp_ns, self._tcp_est_ns, self._tcp_trans_ns
-        rows = zip(s.proto, s.int_addr, s.int_port, s.ext_addr, s.ext_port, s.session, s.created_ns,
-                   s.last_seen_ns, s.tcp_state, s.packets_out, s.bytes_out, s.packets_in, s.bytes_in,
-                   s.remote_addr, s.remote_port)
+        rows = zip(
+            s.proto,
+            s.int_addr,
+            s.int_port,
+            s.ext_addr,
+            s.ext_port,
+            s.session,
+            s.created_ns,
+            s.last_seen_ns,
+            s.tcp_state,
+            s.packets_out,
+            s.bytes_out,
+            s.packets_in,
+            s.bytes_in,
+            s.remote_addr,
+            s.remote_port,
+            strict=True,  # columns of unequal length: a snapshot no writer of ours made
+        )
         for proto, ia, ip, ea, ep, session, created, seen, state, po, bo, pi, bi, ra, rp in rows:
             key = proto << 48 | ia << 16 | ip
             ext_key = proto << 48 | ea << 16 | ep
             remote = (ra << 16 | rp) & rmask if ra or not rmask else NO_REMOTE
-            m = Mapping(key, ext_key, session, remote, created, seen, state, po << COUNT_SHIFT | bo,
-                        pi << COUNT_SHIFT | bi)
+            m = Mapping(
+                key,
+                ext_key,
+                session,
+                remote,
+                created,
+                seen,
+                state,
+                po << COUNT_SHIFT | bo,
+                pi << COUNT_SHIFT | bi,
+            )
             by_int[key] = m
             by_ext[ext_key] = m
             client = clients.get(ia)
@@ -918,7 +1035,8 @@ class Nat:
         heapq.heapify(self._wheel_due)
         for ea, _count, _flag in clients.values():
             self._ext_clients[ea] = self._ext_clients.get(ea, 0) + 1
-        for proto, addr, port, until in zip(s.rest_proto, s.rest_ext_addr, s.rest_ext_port, s.rest_until_ns):
+        resting = zip(s.rest_proto, s.rest_ext_addr, s.rest_ext_port, s.rest_until_ns, strict=True)
+        for proto, addr, port, until in resting:
             k = flow_key(proto, addr, port)
             self._resting[k] = until
             self._resting_order.append((until, k))
@@ -993,8 +1111,16 @@ def _rewrite_addr(pkt: bytearray, field: int, new: int) -> None:
     P.put_u16(pkt, P.IP_CSUM, P.csum_adjust(csum, P.addr_delta(old, new)))
 
 
-def _rewrite_port(pkt: bytearray, l4: int, proto: int, port_off: int, old_addr: int, new_addr: int,
-                  old_port: int, new_port: int) -> None:
+def _rewrite_port(
+    pkt: bytearray,
+    l4: int,
+    proto: int,
+    port_off: int,
+    old_addr: int,
+    new_addr: int,
+    old_port: int,
+    new_port: int,
+) -> None:
     """Set a TCP/UDP port and fix the L4 checksum for it and the pseudo-header address change."""
     P.put_u16(pkt, l4 + port_off, new_port)
     at = l4 + (P.TCP_CSUM if proto == P.PROTO_TCP else P.UDP_CSUM)

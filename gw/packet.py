@@ -146,7 +146,9 @@ class Drop(IntEnum):
 DROP_COUNT = max(Drop) + 1
 
 
-def checksum(buf: bytes | bytearray | memoryview, start: int = 0, end: int | None = None, initial: int = 0) -> int:
+def checksum(
+    buf: bytes | bytearray | memoryview, start: int = 0, end: int | None = None, initial: int = 0
+) -> int:
     """RFC 1071 internet checksum of buf[start:end], plus an initial ones'-complement sum (a pseudo-header)."""
     data = bytes(buf[start:end])
     if len(data) & 1:
@@ -259,7 +261,9 @@ def build_ipv4(
     """An IPv4 packet around ``payload`` with a correct header checksum (L4 checksums untouched)."""
     assert len(options) % 4 == 0, "IPv4 options are padded to 32 bits"
     hlen = IP_MIN_HLEN + len(options)
-    pkt = bytearray(_IPV4_HDR.pack(0x40 | hlen // 4, tos, hlen + len(payload), ident, flags_frag, ttl, proto, 0, src, dst))
+    pkt = bytearray(
+        _IPV4_HDR.pack(0x40 | hlen // 4, tos, hlen + len(payload), ident, flags_frag, ttl, proto, 0, src, dst)
+    )
     pkt += options
     put_u16(pkt, IP_CSUM, checksum(pkt, 0, hlen))
     pkt += payload
@@ -267,7 +271,14 @@ def build_ipv4(
 
 
 def build_udp(
-    src: int, dst: int, sport: int, dport: int, payload: bytes = b"", *, zero_checksum: bool = False, **ip: int
+    src: int,
+    dst: int,
+    sport: int,
+    dport: int,
+    payload: bytes = b"",
+    *,
+    zero_checksum: bool = False,
+    **ip: int,
 ) -> bytearray:
     """A UDP datagram with correct checksums; ``zero_checksum`` sends checksum 0 (RFC 768: none)."""
     seg = struct.pack("!HHHH", sport, dport, UDP_HLEN + len(payload), 0) + payload
@@ -302,14 +313,18 @@ def build_tcp(
     return pkt
 
 
-def build_icmp(src: int, dst: int, icmp_type: int, code: int, rest: bytes, body: bytes = b"", **ip: int) -> bytearray:
+def build_icmp(
+    src: int, dst: int, icmp_type: int, code: int, rest: bytes, body: bytes = b"", **ip: int
+) -> bytearray:
     """An ICMP message: type, code, checksum, the 4-byte ``rest`` word(s), then ``body``."""
     msg = bytearray(struct.pack("!BBH", icmp_type, code, 0) + rest + body)
     put_u16(msg, ICMP_CSUM, checksum(msg))
     return build_ipv4(src, dst, PROTO_ICMP, bytes(msg), **ip)
 
 
-def build_icmp_echo(src: int, dst: int, ident: int, seq: int, payload: bytes = b"", *, reply: bool = False, **ip: int) -> bytearray:
+def build_icmp_echo(
+    src: int, dst: int, ident: int, seq: int, payload: bytes = b"", *, reply: bool = False, **ip: int
+) -> bytearray:
     """An ICMP echo request (or reply) with identifier ``ident``."""
     kind = ICMP_ECHO_REPLY if reply else ICMP_ECHO_REQUEST
     return build_icmp(src, dst, kind, 0, struct.pack("!HH", ident, seq), payload, **ip)
@@ -323,7 +338,11 @@ def build_icmp_error(
     src: int, dst: int, icmp_type: int, code: int, original: bytes | bytearray, *, mtu: int = 0, **ip: int
 ) -> bytearray:
     """An ICMP error from ``src`` to ``dst`` quoting ``original`` (next-hop MTU for "fragmentation needed")."""
-    rest = struct.pack("!HH", 0, mtu) if icmp_type == ICMP_DEST_UNREACH and code == ICMP_FRAG_NEEDED else b"\0\0\0\0"
+    rest = (
+        struct.pack("!HH", 0, mtu)
+        if icmp_type == ICMP_DEST_UNREACH and code == ICMP_FRAG_NEEDED
+        else b"\0\0\0\0"
+    )
     return build_icmp(src, dst, icmp_type, code, rest, bytes(original[:ICMP_QUOTE_MAX]), **ip)
 
 

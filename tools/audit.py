@@ -54,6 +54,7 @@ from tools.common import (
     proto_name,
     record_from_created,
     run_tool,
+    wrap,
 )
 
 __all__ = ["EXPORT_FIELDS", "Holding", "find_holders", "main", "mappings_in_window"]
@@ -406,7 +407,7 @@ class WindowScan:
         """Records as their mappings end, then those still held at the end of the journal (by creation)."""
         j, tracker, match = self.journal, self.tracker, self.match
         since, until = self.since, self.until
-        snap, start = j.start_point(since)
+        snap, start = j.start_point(since, partial=True)
         tracker.seed(snap)
         pending: set[int] | None = None  # after `until`: the endpoints whose end we still wait for
         sessions: set[int] = set()  # and the sessions
@@ -640,11 +641,11 @@ def build_parser() -> Parser:
     parser = Parser(
         prog=PROG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Answer abuse-desk questions from a gw journal (read-only).",
+        description=wrap("Answer abuse-desk questions from a gw journal (read-only)."),
         epilog=f"""examples:
   {PROG} /var/lib/gw/journal who 198.51.100.2:40001/udp --at 2026-11-23T10:02:17Z
   {PROG} /var/lib/gw/journal who 198.51.100.2:40001 --at 1795000000.5 --json
-  {PROG} /var/lib/gw/journal client alice --from 2026-11-23T00:00Z --to 2026-11-24T00:00:00Z
+  {PROG} /var/lib/gw/journal client alice --from 2026-11-23T00:00:00Z --to 2026-11-24T00:00:00Z
   {PROG} /var/lib/gw/journal export --from 2026-11-23T00:00:00Z --to 2026-11-23T12:00:00Z -o nov23.csv
 
 times: RFC 3339 with a UTC offset (2026-11-23T10:02:17Z, 2026-11-23T11:02:17.250+01:00) or epoch
@@ -659,9 +660,11 @@ exit status: 0 answered, 1 nobody held it / corrupt journal, 2 bad usage or no j
         "who",
         help="which client held a public ADDR:PORT at a time",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Which client held public ADDR:PORT[/udp|tcp|icmp] at time T: name, certificate "
-        "fingerprint, internal endpoint, session, and the mapping's start and end. Without /proto, every "
-        "protocol that matches is answered. Exit 1 and 'nobody held ...' when no mapping held it.",
+        description=wrap(
+            "Which client held public ADDR:PORT[/udp|tcp|icmp] at time T: name, certificate "
+            "fingerprint, internal endpoint, session, and the mapping's start and end. Without /proto, every "
+            "protocol that matches is answered. Exit 1 and 'nobody held ...' when no mapping held it."
+        ),
         epilog=f"example:\n  {PROG} DIR who 198.51.100.2:40001/udp --at 2026-11-23T10:02:17Z\n"
         "--json: one JSON document {query, held, holders: [...], notes}",
     )
@@ -674,9 +677,11 @@ exit status: 0 answered, 1 nobody held it / corrupt journal, 2 bad usage or no j
         "client",
         help="a client's mappings and sessions in a window",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Every mapping of client NAME that overlaps [--from, --to] (with its real end, even "
-        "after "
-        "--to), and its sessions in the window.",
+        description=wrap(
+            "Every mapping of client NAME that overlaps [--from, --to] (with its real end, even "
+            "after "
+            "--to), and its sessions in the window."
+        ),
         epilog=f"example:\n  {PROG} DIR client alice --from 2026-11-23T10:00:00Z --to 2026-11-23T11:00:00Z\n"
         "--json: one JSON document {client, from, to, mappings: [...], sessions: [...], notes}",
     )
@@ -690,12 +695,14 @@ exit status: 0 answered, 1 nobody held it / corrupt journal, 2 bad usage or no j
         "export",
         help="one record per mapping overlapping a window, CSV or JSON lines",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="One record per mapping overlapping [--from, --to]. Columns named after IANA IPFIX "
-        f"information elements (RFC 7012, RFC 8158): {ipfix}. natEvent is 9 (NAT44 BIB delete) for a mapping "
-        "that ended, with its whole life, or 8 (NAT44 BIB create) for one still held at the end of the "
-        "journal. Times are ms since the epoch; for ICMP the ports are the echo identifier; destination "
-        "columns are filled only when the gateway logs destinations. gw's own columns: client, session, "
-        "fingerprint, end_reason. Records come in the order their mappings ended, then those still held.",
+        description=wrap(
+            "One record per mapping overlapping [--from, --to]. Columns named after IANA IPFIX "
+            f"information elements (RFC 7012, RFC 8158): {ipfix}. natEvent is 9 (NAT44 BIB delete) for a mapping "
+            "that ended, with its whole life, or 8 (NAT44 BIB create) for one still held at the end of the "
+            "journal. Times are ms since the epoch; for ICMP the ports are the echo identifier; destination "
+            "columns are filled only when the gateway logs destinations. gw's own columns: client, session, "
+            "fingerprint, end_reason. Records come in the order their mappings ended, then those still held."
+        ),
         epilog=f"example:\n  {PROG} DIR export --from 2026-11-23T00:00:00Z --to 2026-11-24T00:00:00Z "
         "--format jsonl -o day.jsonl",
     )

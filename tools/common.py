@@ -31,6 +31,7 @@ import json
 import os
 import re
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -80,6 +81,7 @@ __all__ = [
     "print_table",
     "proto_name",
     "run_tool",
+    "wrap",
 ]
 
 EXIT_OK = 0
@@ -89,6 +91,7 @@ EXIT_USAGE = 2  # bad command line, no journal there
 NS = 1_000_000_000
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp"}  # IP protocol numbers (IANA) the NAT maps
 PROTO_NUMBERS = {name: number for number, name in PROTO_NAMES.items()}
+HELP_WIDTH = 100  # --help paragraphs
 PROGRESS_DELAY_S = 0.5  # a scan shorter than this shows no bar at all
 PROGRESS_INTERVAL_S = 0.1  # redraw at most ten times a second
 
@@ -210,6 +213,11 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], out: I
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     for r in cells:
         out.write("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n")
+
+
+def wrap(text: str) -> str:
+    """A --help paragraph wrapped for a terminal (the raw formatter keeps the examples' layout)."""
+    return textwrap.fill(text, HELP_WIDTH)
 
 
 def emit_json(obj: Any, out: IO[str]) -> None:
@@ -705,9 +713,14 @@ class Journal:
                 return h.first_seq
         return self.seq_end(k)
 
-    def start_point(self, at_ns: int) -> tuple[Snapshot | None, int]:
+    def start_point(self, at_ns: int, *, partial: bool = False) -> tuple[Snapshot | None, int]:
         """Where the fold for "state at at_ns" starts: the newest whole snapshot taken at or before it
-        (None: the start of the journal) and the first seq to fold after it."""
+        (None: the start of the journal) and the first seq to fold after it.
+
+        When older segments were removed (retention) and no snapshot is that old, the state cannot be
+        known: with ``partial`` (or salvage) the fold starts at the oldest segment and a note says what
+        is missing; otherwise JournalGapError.
+        """
         bound = self.seq_bound(at_ns)
         oldest = self.segments[0].first_seq if self.segments else 1
         for info in reversed(self.snapshots):
@@ -721,6 +734,28 @@ class Journal:
                 snap = self.snapshot(info)
                 if snap is not None and snap.at_ns <= at_ns:
                     return snap, snap.upto_seq + 1
+        if self.segments and oldest > 1:
+            path = self.segments[0].path
+            usable = [i for i in self.snapshots if i.upto_seq + 1 >= oldest]
+            hint = f"; the oldest snapshot is {usable[0].path.name}" if usable else ""
+            if not (partial or self.salvage):
+                raise JournalGapError(
+                    path,
+                    0,
+                    1,
+                    oldest,
+                    f"the state at {format_time(at_ns)} needs events 1..{oldest - 1}, which were removed "
+                    f"(retention){hint}; ask about a later time",
+                )
+            self.note(
+                "gap",
+                path,
+                0,
+                0,
+                f"events 1..{oldest - 1} were removed (retention): mappings created "
+                f"before seq {oldest} are not known here{hint}",
+            )
+            return None, oldest
         return None, 1
 
 

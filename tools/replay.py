@@ -70,6 +70,7 @@ from tools.common import (
     progress_enabled,
     proto_name,
     run_tool,
+    wrap,
 )
 
 __all__ = ["main", "state_at", "verify_journal"]
@@ -257,7 +258,7 @@ def cmd_timeline(args: argparse.Namespace) -> int:
     out = sys.stdout
     last_seq = 0
     if since is not None:  # know who held what when the window opens
-        snap, start = j.start_point(since)
+        snap, start = j.start_point(since, partial=True)
         tracker.seed(snap)
         last_seq = start - 1
         for ev in j.events(start_seq=start, until=since - 1):
@@ -737,9 +738,9 @@ def collect_stats(
             series[rec.ext_addr].append((now[0], live_addr[rec.ext_addr]))
 
     tracker = Tracker(on_open=lambda r: bump(r, 1))
-    start = None
+    start = j.segments[0].first_seq if j.segments else None  # after retention: from the oldest segment
     if since is not None:
-        snap, start = j.start_point(since)
+        snap, start = j.start_point(since, partial=True)
         now[0] = snap.at_ns if snap is not None else lo
         tracker.seed(snap)
     first_at = last_at = None
@@ -917,8 +918,10 @@ def build_parser() -> Parser:
     parser = Parser(
         prog=PROG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Look inside a gw journal: timeline, NAT state at a time, integrity check, statistics. "
-        "Read-only: never modifies the journal (a torn tail is reported, not cut).",
+        description=wrap(
+            "Look inside a gw journal: timeline, NAT state at a time, integrity check, statistics. "
+            "Read-only: never modifies the journal (a torn tail is reported, not cut)."
+        ),
         epilog=f"""examples:
   {PROG} /var/lib/gw/journal timeline --from 2026-11-23T10:00:00Z --to 2026-11-23T10:05:00Z --client alice
   {PROG} /var/lib/gw/journal timeline --follow --proto udp
@@ -939,9 +942,11 @@ exit status: 0 ok, 1 problems found (verify) or a corrupt journal, 2 bad usage o
         "timeline",
         help="events in order, one line each, filtered",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Events in seq order, one line each (times RFC 3339 UTC). Filters combine (AND). "
-        "--addr matches a mapping's internal or external address, a session's VPN or tunnel address; --port "
-        "a mapping's internal or external port. An expiry matches through the mapping it ends.",
+        description=wrap(
+            "Events in seq order, one line each (times RFC 3339 UTC). Filters combine (AND). "
+            "--addr matches a mapping's internal or external address, a session's VPN or tunnel address; --port "
+            "a mapping's internal or external port. An expiry matches through the mapping it ends."
+        ),
         epilog=f"examples:\n  {PROG} DIR timeline --client alice --from 2026-11-23T10:00:00Z\n"
         f"  {PROG} DIR timeline --addr 198.51.100.2 --port 40001 --proto udp\n"
         f"  {PROG} DIR timeline --follow          (Ctrl-C to stop)\n"
@@ -964,10 +969,12 @@ exit status: 0 ok, 1 problems found (verify) or a corrupt journal, 2 bad usage o
         "state",
         help="the NAT table as it stood at a time",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="The NAT table (mappings: protocol, internal, external, client, session, created) and "
-        "open "
-        "sessions at T: the newest snapshot at or before T, then the events after it up to T, folded through "
-        "the gateway's own Nat.apply.",
+        description=wrap(
+            "The NAT table (mappings: protocol, internal, external, client, session, created) and "
+            "open "
+            "sessions at T: the newest snapshot at or before T, then the events after it up to T, folded through "
+            "the gateway's own Nat.apply."
+        ),
         epilog=f"example:\n  {PROG} DIR state --at 2026-11-23T10:02:17Z\n"
         "--json: one JSON document {at, upto_seq, snapshot, mappings: [...], sessions: [...]}",
     )
@@ -979,10 +986,12 @@ exit status: 0 ok, 1 problems found (verify) or a corrupt journal, 2 bad usage o
         "verify",
         help="check checksums, sequence and NAT invariants",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Read every frame of every segment (reporting every corrupt region, torn tail and "
-        "seq gap) and check: no external endpoint held twice at once, every expiry matches a live mapping, "
-        "no endpoint handed out again within the reuse delay, every snapshot agrees with the events before "
-        "it. A torn tail of the newest segment (a crash mid-write) is a warning. Exit 0 clean, 1 problems.",
+        description=wrap(
+            "Read every frame of every segment (reporting every corrupt region, torn tail and "
+            "seq gap) and check: no external endpoint held twice at once, every expiry matches a live mapping, "
+            "no endpoint handed out again within the reuse delay, every snapshot agrees with the events before "
+            "it. A torn tail of the newest segment (a crash mid-write) is a warning. Exit 0 clean, 1 problems."
+        ),
         epilog=f"example:\n  {PROG} DIR verify --reuse-delay 120\n"
         "--json: one JSON document {ok, summary, findings: [{severity, kind, where, detail}]}",
     )
@@ -1001,9 +1010,11 @@ exit status: 0 ok, 1 problems found (verify) or a corrupt journal, 2 bad usage o
         "stats",
         help="event counts, peaks, mapping lifetimes, port-use plot",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Event counts by type, peak live mappings per client and per public address, mapping "
-        "lifetimes (percentiles and a histogram), over the window or the whole journal. --plot draws live "
-        "mappings per public address over time and external port against time (needs gw[plot]).",
+        description=wrap(
+            "Event counts by type, peak live mappings per client and per public address, mapping "
+            "lifetimes (percentiles and a histogram), over the window or the whole journal. --plot draws live "
+            "mappings per public address over time and external port against time (needs gw[plot])."
+        ),
         epilog=f"example:\n  {PROG} DIR stats --from 2026-11-23T00:00:00Z --to 2026-11-24T00:00:00Z "
         "--plot day.png\n"
         "--json: one JSON document {from, to, events, counts, peak_per_client, peak_per_address, lifetimes}",

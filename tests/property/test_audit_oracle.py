@@ -20,12 +20,17 @@ from tools.audit import find_holders, mappings_in_window
 from tools.common import Journal
 from tools.replay import state_at
 
+# Each example generates and writes a journal (~50 ms): a bounded count keeps CI fast; the thorough profile
+# (HYPOTHESIS_PROFILE=thorough) uses its own, much larger, count.
+THOROUGH = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"
+EXAMPLES = settings() if THOROUGH else settings(max_examples=40)
+HALF = settings() if THOROUGH else settings(max_examples=20)
+
 
 class Oracle:
     def __init__(self, h: History) -> None:
-        self.intervals: dict[tuple, list[tuple]] = defaultdict(
-            list
-        )  # endpoint -> (start, end, created, expired)
+        # endpoint -> [(start, end, created, expired)]
+        self.intervals: dict[tuple, list[tuple]] = defaultdict(list)
         self.sessions = {}
         opened: dict[tuple, MappingCreated] = {}
         for ev in h.events:
@@ -69,7 +74,7 @@ queries = st.tuples(
 )
 
 
-@settings(max_examples=int(os.environ.get("AUDIT_ORACLE_EXAMPLES", "30")))
+@EXAMPLES
 @given(
     seed=st.integers(0, 2**31),
     ticks=st.integers(5, 70),
@@ -141,7 +146,7 @@ def _apply_retention(d: str, h: History) -> int | None:
     return keep.at_ns if deleted else None
 
 
-@settings(max_examples=int(os.environ.get("AUDIT_ORACLE_EXAMPLES", "30")) // 2)
+@HALF
 @given(
     seed=st.integers(0, 2**31),
     snapshot_every=st.sampled_from([None, 5]),

@@ -476,3 +476,27 @@ def test_progress_bar_only_with_progress_or_a_terminal(journal, capsys, monkeypa
     assert code == 0 and "verifying [" not in err  # stderr is not a terminal here
     code, out, err = run(capsys, journal, "verify", "--progress")
     assert code == 0 and "\rverifying [" in err and "ok, 0 warnings" in out
+
+
+def test_after_retention_state_needs_a_snapshot_and_timeline_notes_what_is_missing(tmp_path, capsys):
+    h = generate(5, ticks=80, snapshot_ticks=(40,), port_range="40000-40999")
+    snap = h.snapshots[0]
+    d = tmp_path / "j"
+    write_journal(d, h.events, h.snapshots, frame_events=4, segment_events=20)
+    segs = sorted(d.glob("seg-*.gwj"))
+    for seg, nxt in zip(segs, segs[1:], strict=False):
+        if int(nxt.name[4:24]) - 1 <= snap.upto_seq:
+            seg.unlink()  # what the writer's retention does once the snapshot covers them
+    oldest = int(sorted(d.glob("seg-*.gwj"))[0].name[4:24])
+    code, out, err = run(capsys, d, "state", "--at", exact(h.start_ns + NS))
+    assert code == 1 and f"needs events 1..{oldest - 1}, which were removed" in err and out == ""
+    code, out, err = run(capsys, d, "state", "--at", exact(snap.at_ns), "--json")
+    assert code == 0 and len(json.loads(out)["mappings"]) == len(snap.proto)
+    code, out, err = run(capsys, d, "timeline", "--from", exact(h.start_ns))
+    assert (
+        code == 0
+        and "were removed (retention)" in err
+        and len(out.splitlines()) == len(h.events) - oldest + 1
+    )
+    code, out, _ = run(capsys, d, "verify")
+    assert code == 0 and "journal starts at seq" in out

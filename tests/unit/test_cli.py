@@ -1,0 +1,44 @@
+"""gw's command line: the demo runs the cores end to end; user mistakes are one line and exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from gw.cli import main
+
+
+def test_demo_recovers_the_same_table_after_a_crash_and_the_audit_names_the_client(capsys, tmp_path) -> None:
+    journal = tmp_path / "journal"
+    assert main(["demo", "--quiet", "--journal", str(journal)]) == 0
+    out = capsys.readouterr().out
+    assert "clean stop: False" in out  # the demo stops without GatewayStopped: a crash to recovery
+    assert "same table and external ports: yes" in out
+    assert "was held by alice" in out
+    assert any(p.name.startswith("seg-") for p in journal.iterdir())
+
+
+def test_a_bad_client_count_is_one_line_and_exit_2(capsys) -> None:
+    assert main(["demo", "--clients", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--clients 0: choose 1 to 200 clients" in err and "Traceback" not in err
+
+
+def test_a_non_number_is_refused_by_argparse_with_exit_2(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--clients", "many"])
+    assert exit_info.value.code == 2
+    assert "invalid int value" in capsys.readouterr().err
+
+
+def test_a_journal_directory_that_is_not_empty_is_refused(capsys, tmp_path) -> None:
+    (tmp_path / "something").write_text("x")
+    assert main(["demo", "--journal", str(tmp_path)]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_python_m_gw_help_teaches_the_commands() -> None:
+    out = subprocess.run([sys.executable, "-m", "gw", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "demo" in out and "gw-audit" in out
