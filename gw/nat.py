@@ -51,7 +51,7 @@ import gc
 import heapq
 import random
 import struct
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from enum import IntEnum
 from typing import Any
@@ -932,7 +932,10 @@ class Nat:
         opened = self._session_events.get(session)
         if opened is None:
             return
-        for m in [m for m in self._by_int.values() if m.key >> 16 & 0xFFFFFFFF == opened.vpn_addr]:
+        # the session's own mappings only: a newer session may already hold the address (a reconnect
+        # before this one was found dead). A scan: sessions close rarely, and a per-session index would
+        # cost every mapping memory.
+        for m in [m for m in self._by_int.values() if m.session == session]:
             self._expire_mapping(m, now, "session_closed")
         self._record(
             SessionClosed(
@@ -977,64 +980,72 @@ class Nat:
         return nat
 
     def _load_snapshot(self, s: Snapshot) -> None:
-        """Rebuild the table from a snapshot's columns: the one bulk path, so written for speed (1 M rows)."""
-        rmask = self._rmask
-        by_int, by_ext, clients, wheel = self._by_int, self._by_ext, self._clients, self._wheel
-        udp_ns, icmp_ns, est_ns, trans_ns = self._udp_ns, self._icmp_ns, self._tcp_est_ns, self._tcp_trans_ns
-        rows = zip(
-            s.proto,
-            s.int_addr,
-            s.int_port,
-            s.ext_addr,
-            s.ext_port,
-            s.session,
-            s.created_ns,
-            s.last_seen_ns,
-            s.tcp_state,
-            s.packets_out,
-            s.bytes_out,
-            s.packets_in,
-            s.bytes_in,
-            s.remote_addr,
-            s.remote_port,
-            strict=True,  # columns of unequal length: a snapshot no writer of ours made
-        )
-        for proto, ia, ip, ea, ep, session, created, seen, state, po, bo, pi, bi, ra, rp in rows:
-            key = proto << 48 | ia << 16 | ip
-            ext_key = proto << 48 | ea << 16 | ep
-            remote = (ra << 16 | rp) & rmask if ra or not rmask else NO_REMOTE
-            m = Mapping(
-                key,
-                ext_key,
-                session,
-                remote,
-                created,
-                seen,
-                state,
-                po << COUNT_SHIFT | bo,
-                pi << COUNT_SHIFT | bi,
+        """Rebuild the table from a snapshot's columns: the one bulk path, so it works column-wise (1 M rows)."""
+        n = len(s.proto)
+        if any(
+            len(column) != n
+            for column in (
+                s.int_addr,
+                s.int_port,
+                s.ext_addr,
+                s.ext_port,
+                s.session,
+                s.created_ns,
+                s.last_seen_ns,
+                s.tcp_state,
+                s.packets_out,
+                s.bytes_out,
+                s.packets_in,
+                s.bytes_in,
+                s.remote_addr,
+                s.remote_port,
             )
-            by_int[key] = m
-            by_ext[ext_key] = m
-            client = clients.get(ia)
-            if client is None:
-                clients[ia] = [ea, 1, False]
-            else:
-                client[1] += 1
+        ):
+            raise ValueError("snapshot columns of unequal length: not a snapshot gw wrote")
+        rmask = self._rmask
+        keys = [p << 48 | a << 16 | q for p, a, q in zip(s.proto, s.int_addr, s.int_port)]
+        ext_keys = [p << 48 | a << 16 | q for p, a, q in zip(s.proto, s.ext_addr, s.ext_port)]
+        remotes = [
+            (a << 16 | q) & rmask if a or not rmask else NO_REMOTE
+            for a, q in zip(s.remote_addr, s.remote_port)
+        ]
+        outs = [p << COUNT_SHIFT | b for p, b in zip(s.packets_out, s.bytes_out)]
+        ins = [p << COUNT_SHIFT | b for p, b in zip(s.packets_in, s.bytes_in)]
+        ms = list(
+            map(
+                Mapping,
+                keys,
+                ext_keys,
+                s.session,
+                remotes,
+                s.created_ns,
+                s.last_seen_ns,
+                s.tcp_state,
+                outs,
+                ins,
+            )
+        )
+        self._by_int.update(zip(keys, ms))
+        self._by_ext.update(zip(ext_keys, ms))
+        paired = dict(zip(s.int_addr, s.ext_addr))  # paired pooling: one public address per client
+        self._clients.update((a, [paired[a], count, False]) for a, count in Counter(s.int_addr).items())
+        for ea in paired.values():
+            self._ext_clients[ea] = self._ext_clients.get(ea, 0) + 1
+        wheel = self._wheel
+        udp_ns, icmp_ns, est_ns, trans_ns = self._udp_ns, self._icmp_ns, self._tcp_est_ns, self._tcp_trans_ns
+        for key, proto, state, seen in zip(keys, s.proto, s.tcp_state, s.last_seen_ns):
             if proto == P.PROTO_TCP:
                 timeout = est_ns if state == TcpState.ESTABLISHED else trans_ns
             else:
                 timeout = udp_ns if proto == P.PROTO_UDP else icmp_ns
             second = (seen + timeout) // NS + 1
-            keys = wheel.get(second)
-            if keys is None:
+            due = wheel.get(second)
+            if due is None:
                 wheel[second] = [key]
             else:
-                keys.append(key)
+                due.append(key)
         self._wheel_due = list(wheel)
         heapq.heapify(self._wheel_due)
-        for ea, _count, _flag in clients.values():
-            self._ext_clients[ea] = self._ext_clients.get(ea, 0) + 1
         resting = zip(s.rest_proto, s.rest_ext_addr, s.rest_ext_port, s.rest_until_ns, strict=True)
         for proto, addr, port, until in resting:
             k = flow_key(proto, addr, port)

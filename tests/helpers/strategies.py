@@ -295,7 +295,8 @@ _OUT = [
     st.tuples(st.just("tcp"), small, small, small, small, tcp_flags, payloads, ip_options),
     st.tuples(st.just("ping"), small, small, small, payloads),
     st.tuples(st.just("frag_out"), small, small, small, small, st.sampled_from([UDP, ICMP, TCP]),
-              st.integers(9, 400), st.integers(8, 120), st.randoms(use_true_random=False)),
+              st.integers(9, 400), st.integers(8, 120), st.randoms(use_true_random=False),
+              st.none() | st.integers(0, 63)),  # hairpin: to this mapping's public endpoint
 ]
 _OTHER = [
     st.tuples(st.just("reply"), st.integers(0, 63), st.booleans(), small, small, tcp_flags, payloads),
@@ -488,10 +489,13 @@ class Driver:
         src = struct.unpack_from("!I", got, 12)[0]
         self.outbound(icmp_error(dst, src, *type_code, got[:548]))
 
-    def op_frag_out(self, c, s, r, rp, proto, size, chunk, rnd) -> None:
+    def op_frag_out(self, c, s, r, rp, proto, size, chunk, rnd, hairpin) -> None:
         src, dst, payload = CLIENTS[c % 4], REMOTES[r % 3], bytes(range(256)) * 2
         ident = self._next_ident()
-        if proto == UDP:
+        m = self._mapping(hairpin) if hairpin is not None else None
+        if m is not None and m.proto == UDP:  # to another client's (or its own) public endpoint
+            pkt = udp(src, m.ext_addr, SPORTS[s], m.ext_port, payload[:size], ip_id=ident)
+        elif proto == UDP:
             pkt = udp(src, dst, SPORTS[s], RPORTS[rp % 4], payload[:size], ip_id=ident)
         elif proto == TCP:
             pkt = tcp(src, dst, SPORTS[s], RPORTS[rp % 4], ACK | PSH, payload[:size], ip_id=ident)

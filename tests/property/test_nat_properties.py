@@ -3,6 +3,7 @@ fold equals live, and the fast paths equal the general paths and a readable refe
 
 from __future__ import annotations
 
+import functools
 import random
 import struct
 from collections import Counter
@@ -23,6 +24,7 @@ from tests.helpers.strategies import (
     NS,
     PSH,
     REMOTES,
+    RST,
     SPORTS,
     SYN,
     T0,
@@ -80,8 +82,9 @@ def reply_to(pkt: bytes | bytearray, payload: bytes, flags: int = ACK, zero_csum
 
 
 @given(
-    filtering=st.sampled_from(FILTERINGS), kind=st.sampled_from([UDP, TCP, ICMP]), src=client_addrs, sport=ports,
-    dst=remote_addrs, dport=ports, dst2=remote_addrs, payloads=st.lists(payloads, min_size=4, max_size=4),
+    filtering=st.sampled_from(FILTERINGS), kind=st.sampled_from([UDP, TCP, ICMP]),
+    src=client_addrs, sport=ports, dst=remote_addrs, dport=ports, dst2=remote_addrs,
+    payloads=st.lists(payloads, min_size=4, max_size=4),
     zero_csum=st.booleans(), seed=st.integers(0, 2**32 - 1),
 )
 def test_outbound_then_inbound_returns_to_the_original_endpoint(
@@ -98,7 +101,8 @@ def test_outbound_then_inbound_returns_to_the_original_endpoint(
                         (tcp(src, dst, sport, dport, ACK | PSH, payloads[0]), ACK | PSH),
                         (tcp(src, dst, sport, dport, ACK, payloads[1]), ACK)]
     else:
-        conversation = [(echo(src, dst, sport, 1, payloads[0]), 0), (echo(src, dst, sport, 2, payloads[1]), 0),
+        conversation = [(echo(src, dst, sport, 1, payloads[0]), 0),
+                        (echo(src, dst, sport, 2, payloads[1]), 0),
                         (echo(src, dst2, sport, 3, payloads[2]), 0)]
     ext_endpoints = set()
     for pkt, reply_flags in conversation:
@@ -192,6 +196,9 @@ def test_table_invariants_under_random_operations():
                 if any(u > d.now for u in resting_until.values()):
                     seen["exhausted while ports rest"] += 1
             check_table(d.nat, config.max_mappings_per_client)
+            for key, until in resting_until.items():
+                if until > d.now:
+                    assert d.nat.is_resting(*key, d.now) and d.nat.lookup_external(*key) is None
 
     run()
     for what in ("quota hit", "ports exhausted", "exhausted while ports rest", "port reused after resting",
@@ -199,7 +206,7 @@ def test_table_invariants_under_random_operations():
         assert seen[what] > 0, f"no example exercised {what!r}: {dict(seen)}"
 
 
-# ---------------------------------------------------------------------- 3. every emitted packet is well formed
+# ------------------------------------------------------------------ 3. every emitted packet is well formed
 
 
 def test_every_emitted_packet_reparses_and_has_valid_checksums():
@@ -212,6 +219,8 @@ def test_every_emitted_packet_reparses_and_has_valid_checksums():
         assert d.bad == [], d.bad[0]
         for verdict, pkt in d.emitted:
             seen["hairpin" if verdict == HAIRPIN else "forward"] += 1
+            if verdict == HAIRPIN and struct.unpack_from("!H", pkt, 6)[0] & 0x3FFF:
+                seen["hairpinned fragment"] += 1
             if pkt[0] & 15 > 5:
                 seen["ip options"] += 1
             if struct.unpack_from("!H", pkt, 6)[0] & 0x3FFF:
@@ -221,7 +230,8 @@ def test_every_emitted_packet_reparses_and_has_valid_checksums():
         seen["datagrams reassembled"] += d.datagrams_checked
 
     run()
-    for what in ("forward", "hairpin", "ip options", "fragment", "icmp error", "datagrams reassembled"):
+    for what in ("forward", "hairpin", "ip options", "fragment", "icmp error", "datagrams reassembled",
+                 "hairpinned fragment"):
         assert seen[what] > 0, f"no example emitted a {what!r}: {dict(seen)}"
 
 
@@ -244,10 +254,15 @@ def _established() -> tuple[Nat, list[bytearray]]:
     return nat, valid
 
 
+@functools.cache
+def _valid_packets() -> list[bytes]:
+    return [bytes(p) for p in _established()[1]]
+
+
 @st.composite
 def mutated(draw):
-    _, valid = _established()
-    pkt = bytearray(draw(st.sampled_from(valid)))
+    """A valid packet with bytes changed, cut short or extended, its IP header checksum sometimes made right."""
+    pkt = bytearray(draw(st.sampled_from(_valid_packets())))
     for _ in range(draw(st.integers(0, 4))):
         if pkt:
             pkt[draw(st.integers(0, len(pkt) - 1))] = draw(st.integers(0, 255))
@@ -265,7 +280,7 @@ def _check_verdict_and_drops(nat: Nat, pkt: bytearray, outbound: bool) -> int:
     before = list(nat.drops)
     released = len(nat.released)
     verdict = (nat.translate_outbound if outbound else nat.translate_inbound)(pkt, T0 + NS)
-    assert type(verdict) is int or isinstance(verdict, int)
+    assert isinstance(verdict, int)
     assert verdict in VERDICTS
     delta = [a - b for a, b in zip(nat.drops, before, strict=True)]
     expected = [0] * len(delta)
@@ -286,13 +301,21 @@ def test_random_bytes_get_a_verdict_and_are_counted(data):
     check_table(nat, 4096)
 
 
-@given(pkts=st.lists(st.tuples(mutated(), st.booleans()), max_size=10))
-def test_mutated_packets_get_a_verdict_and_are_counted(pkts):
-    nat, _ = _established()
-    for pkt, outbound in pkts:
-        verdict = _check_verdict_and_drops(nat, pkt, outbound)
-        event(f"verdict {verdict!r}")
-    check_table(nat, 4096)
+def test_mutated_packets_get_a_verdict_and_are_counted():
+    verdicts: Counter[int] = Counter()
+
+    @given(pkts=st.lists(st.tuples(mutated(), st.booleans()), max_size=10))
+    def run(pkts):
+        nat, _ = _established()
+        for pkt, outbound in pkts:
+            verdict = _check_verdict_and_drops(nat, pkt, outbound)
+            verdicts[verdict] += 1
+            event(f"verdict {verdict!r}")
+        check_table(nat, 4096)
+
+    run()
+    # the mutations reach past the header checks into the translation code
+    assert verdicts[FORWARD] > 0 and len(set(verdicts) - {FORWARD, HAIRPIN}) >= 6, verdicts
 
 
 # ---------------------------------------------------------------------- 5. fold equals live
@@ -352,36 +375,53 @@ def _fold_equals_live(ops, seed, filtering, snap_at, seen: Counter) -> None:
 # ---------------------------------------------------------------------- 6. fast path equals general path
 
 
+MSS_1460 = b"\x02\x04\x05\xb4"
 flow_specs = st.tuples(st.sampled_from([UDP, TCP]), st.integers(0, 3), st.sampled_from(SPORTS[1:]),
                        st.integers(0, 2), st.integers(1, 65535))
+VARIANTS = ["data"] * 4 + [
+    "syn", "synack", "rst", "fin", "new flow", "no mapping", "new remote",  # fast path, flags and new flows
+] * 2 + [
+    "options", "padded", "df", "bad ip csum", "mutated", "hairpin",  # shapes the fast path hands on or drops
+]
 packet_specs = st.tuples(
     st.integers(0, 7),  # which flow
     st.booleans(),  # outbound?
     payloads,
     st.integers(0, 9).map(lambda x: x == 0),  # 10% UDP checksum 0
-    st.sampled_from(["fast"] * 7 + ["new remote", "options", "fin", "padded", "bad ip csum", "df", "mutated"]),
+    st.sampled_from(VARIANTS),
     st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=3),  # "mutated" bytes
+    st.integers(1024, 65535),  # the source port of a "new flow" or "no mapping" packet
 )
 
 
-def _flow_packet(flow, ext, outbound: bool, payload: bytes, zero: bool, variant: str, mutations) -> bytearray:
+def _flow_packet(flow, ext, outbound: bool, payload: bytes, zero: bool, variant: str, mutations,
+                 new_port: int) -> tuple[bytearray, bool, int]:
+    """A packet of (or next to) an established flow: (packet, outbound?, the client's source port)."""
     proto, c, sport, r, rport = flow
     src, dst = CLIENTS[c], REMOTES[r]
+    ea, ep = ext
     if variant == "new remote":
         dst, rport = REMOTES[(r + 1) % 3], rport ^ 1
+    if variant in ("new flow", "no mapping"):
+        outbound, sport = True, new_port
+    if variant == "hairpin":  # the client sends to its own public endpoint
+        outbound, (dst, rport) = True, ext
     ip: dict = {}
     if variant == "options":
         ip["options"] = b"\x01\x01\x01\x00"
     if variant == "df":
         ip["frag"] = 0x4000
-    flags = FIN | ACK if variant == "fin" else ACK | PSH
+    flags = {"fin": FIN | ACK, "rst": RST | ACK, "syn": SYN, "synack": SYN | ACK, "new flow": SYN}.get(
+        variant, ACK | PSH)
+    options = MSS_1460 if flags & SYN else b""
+    if variant == "synack":
+        outbound = False
     if outbound:
         pkt = udp(src, dst, sport, rport, payload, zero_csum=zero, **ip) if proto == UDP else \
-            tcp(src, dst, sport, rport, flags, payload, **ip)
+            tcp(src, dst, sport, rport, flags, payload, tcp_options=options, **ip)
     else:
-        ea, ep = ext
         pkt = udp(dst, ea, rport, ep, payload, zero_csum=zero, **ip) if proto == UDP else \
-            tcp(dst, ea, rport, ep, flags, payload, **ip)
+            tcp(dst, ea, rport, ep, flags, payload, tcp_options=options, **ip)
     if variant == "padded":
         pkt += b"\0" * 6
     if variant == "bad ip csum":
@@ -393,8 +433,7 @@ def _flow_packet(flow, ext, outbound: bool, payload: bytes, zero: bool, variant:
         if 20 <= hl <= len(pkt):
             pkt[10:12] = b"\0\0"
             pkt[10:12] = struct.pack("!H", inet_checksum(pkt[:hl]))
-    return pkt
-
+    return pkt, outbound, sport
 
 
 def test_fast_path_equals_general_path_and_reference():
@@ -410,7 +449,10 @@ def test_fast_path_equals_general_path_and_reference():
     for proto in ("UDP", "TCP"):
         for way in ("out", "in"):
             assert seen[f"{proto} {way} fast = general = reference"] > 0, dict(seen)
-    assert seen["UDP checksum 0 on the fast path"] > 0, dict(seen)
+    for what in ("UDP checksum 0 fast", "SYN clamped fast", "flow created fast", "TCP syn fast", "TCP synack fast",
+                 "TCP rst fast", "TCP fin fast", "hairpin forwarded", "mutated forwarded", "no mapping dropped",
+                 "bad ip csum dropped"):
+        assert seen[what] > 0, f"{what!r} never happened: {dict(seen)}"
 
 
 def _per_packet_state(nat: Nat) -> list[tuple]:
@@ -420,36 +462,10 @@ def _per_packet_state(nat: Nat) -> list[tuple]:
 
 
 def _fast_equals_general(flows, pkts, filtering, seed, seen: Counter) -> None:
+    """Two NATs in one state: ``fast`` gets ``translate_*``, ``slow`` the general ``_outbound``/``_inbound``."""
     config = _config(filtering)
     fast, slow = Nat(config, random.Random(seed)), Nat(config, random.Random(seed))
-    now = T0
-    ext: dict[tuple, tuple[int, int]] = {}
-    established = []
-    for flow in flows:
-        proto, c, sport, r, rport = flow
-        src, dst = CLIENTS[c], REMOTES[r]
-        first = udp(src, dst, sport, rport, b"hello") if proto == UDP else \
-            tcp(src, dst, sport, rport, SYN, tcp_options=b"\x02\x04\x05\xb4")
-        a, b = bytearray(first), bytearray(first)
-        va, vb = fast.translate_outbound(a, now), slow.translate_outbound(b, now)
-        assert (va, a) == (vb, b)
-        if va != FORWARD:
-            continue
-        m = fast.lookup_internal(proto, src, sport)
-        assert a == ref_rewrite(first, src=m.ext_addr, sport=m.ext_port, mss=config.tcp_mss)
-        ext[(proto, c, sport)] = (m.ext_addr, m.ext_port)
-        if proto == TCP:  # the SYN-ACK makes it established
-            synack = tcp(dst, m.ext_addr, rport, m.ext_port, SYN | ACK)
-            a, b = bytearray(synack), bytearray(synack)
-            assert fast.translate_inbound(a, now) == slow.translate_inbound(b, now) == FORWARD
-            assert a == b
-        established.append(flow)
-    assert fast.table_state() == slow.table_state()
-    if not established:
-        return
-
-    fallbacks = Counter()
-    general_out, general_in = fast._outbound, fast._inbound
+    fallbacks: Counter[str] = Counter()
 
     def counting(name, fn):
         def wrapper(pkt, t):
@@ -457,35 +473,66 @@ def _fast_equals_general(flows, pkts, filtering, seed, seen: Counter) -> None:
             return fn(pkt, t)
         return wrapper
 
-    fast._outbound, fast._inbound = counting("out", general_out), counting("in", general_in)
-    for i, outbound, payload, zero, variant, mutations in pkts:
-        flow = established[i % len(established)]
-        proto, c, sport, r, rport = flow
-        now += NS // 10
-        pkt = _flow_packet(flow, ext[(proto, c, sport)], outbound, payload, zero, variant, mutations)
+    fast._outbound, fast._inbound = counting("out", fast._outbound), counting("in", fast._inbound)
+
+    def both(pkt: bytearray, outbound: bool, now: int) -> tuple[int, bytearray]:
         a, b = bytearray(pkt), bytearray(pkt)
-        before = dict(fallbacks)
         if outbound:
             va, vb = fast.translate_outbound(a, now), slow._outbound(b, now)
         else:
             va, vb = fast.translate_inbound(a, now), slow._inbound(b, now)
-        assert (va, bytes(a)) == (vb, bytes(b)), f"fast and general paths differ on {variant} {pkt.hex()}"
+        assert (va, bytes(a)) == (vb, bytes(b)), f"fast and general paths differ on {pkt.hex()}"
         assert _per_packet_state(fast) == _per_packet_state(slow)
-        assert fast.drops == slow.drops
-        ma = fast.lookup_internal(proto, CLIENTS[c], sport)
-        if variant == "fast" and va == FORWARD:
-            assert fallbacks == before, "a common-shape packet of an established flow left the fast path"
-            if outbound:
-                want = ref_rewrite(pkt, src=ma.ext_addr, sport=ma.ext_port)
-            else:
-                want = ref_rewrite(pkt, dst=ma.int_addr, dport=ma.int_port)
-            assert a == want, f"NAT output differs from the reference rewrite: {a.hex()} != {want.hex()}"
-            way = "out" if outbound else "in"
-            seen[f"{'UDP' if proto == UDP else 'TCP'} {way} fast = general = reference"] += 1
-            if proto == UDP and zero:
-                seen["UDP checksum 0 on the fast path"] += 1
-        if va == FORWARD and variant != "mutated":
-            assert problems(a) == []
-        seen[f"{variant} {'forwarded' if va in (FORWARD, HAIRPIN) else 'dropped'}"] += 1
-    assert fast.table_state() == slow.table_state()
+        assert fast.drops == slow.drops and fast.events == slow.events
+        return va, a
 
+    now = T0
+    ext: dict[tuple, tuple[int, int]] = {}
+    established = []
+    for flow in flows:  # open each flow: new mappings, made by the fast path and by the general path
+        proto, c, sport, r, rport = flow
+        src, dst = CLIENTS[c], REMOTES[r]
+        first = udp(src, dst, sport, rport, b"hello") if proto == UDP else \
+            tcp(src, dst, sport, rport, SYN, tcp_options=MSS_1460)
+        verdict, out = both(first, True, now)
+        if verdict != FORWARD:
+            continue
+        m = fast.lookup_internal(proto, src, sport)
+        assert out == ref_rewrite(first, src=m.ext_addr, sport=m.ext_port, mss=config.tcp_mss)
+        ext[(proto, c, sport)] = (m.ext_addr, m.ext_port)
+        if proto == TCP:  # the SYN-ACK makes it established
+            verdict, _ = both(tcp(dst, m.ext_addr, rport, m.ext_port, SYN | ACK, tcp_options=MSS_1460), False, now)
+            assert verdict == FORWARD
+        established.append(flow)
+    if not established:
+        return
+
+    for i, outbound, payload, zero, variant, mutations, new_port in pkts:
+        flow = established[i % len(established)]
+        proto, c, _, r, rport = flow
+        now += NS // 10
+        pkt, outbound, sport = _flow_packet(flow, ext[(proto, c, flow[2])], outbound, payload, zero, variant,
+                                            mutations, new_port)
+        if variant == "no mapping" and proto == TCP:
+            pkt = tcp(CLIENTS[c], REMOTES[r], sport, rport, ACK, payload)  # only a SYN opens a TCP mapping
+        before = Counter(fallbacks)
+        verdict, out = both(pkt, outbound, now)
+        seen[f"{variant} {'forwarded' if verdict in (FORWARD, HAIRPIN) else 'dropped'}"] += 1
+        if verdict in (FORWARD, HAIRPIN) and variant != "mutated":
+            assert problems(out) == []
+        if verdict != FORWARD or variant not in ("data", "syn", "synack", "rst", "fin", "new flow", "new remote"):
+            continue
+        assert fallbacks == before, f"a common-shape {variant} packet left the fast path"
+        m = fast.lookup_internal(proto, CLIENTS[c], sport)
+        mss = config.tcp_mss if proto == TCP and pkt[33] & SYN else 0
+        if outbound:
+            want = ref_rewrite(pkt, src=m.ext_addr, sport=m.ext_port, mss=mss)
+        else:
+            want = ref_rewrite(pkt, dst=m.int_addr, dport=m.int_port, mss=mss)
+        assert out == want, f"NAT output differs from the reference rewrite: {out.hex()} != {want.hex()}"
+        seen[f"{'UDP' if proto == UDP else 'TCP'} {'out' if outbound else 'in'} fast = general = reference"] += 1
+        seen["UDP checksum 0 fast"] += proto == UDP and zero
+        seen["SYN clamped fast"] += bool(mss)  # every SYN here offers MSS 1460, above tcp_mss
+        seen["flow created fast"] += variant == "new flow"
+        seen[f"TCP {variant} fast"] += proto == TCP
+    assert fast.table_state() == slow.table_state()

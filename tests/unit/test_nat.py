@@ -1188,6 +1188,19 @@ def test_sessions_name_their_mappings_and_close_session_expires_them_then_sessio
     n = len(nat.events)
     nat.close_session(at(6), 7, "again")  # unknown or already closed: nothing happens
     assert len(nat.events) == n
+
+
+def test_closing_a_dead_session_spares_the_mappings_of_the_newer_session_on_its_address() -> None:
+    # the client reconnected (session 8) before the gateway noticed session 7 was dead
+    nat = make_nat()
+    nat.open_session(T0, session=7, client="alice", vpn_addr=C)
+    open_udp(nat, C, 40000)
+    nat.open_session(at(1), session=8, client="alice", vpn_addr=C)
+    assert out(nat, udp(C, 40001, SRV, 53), at(1)) == FORWARD
+    nat.close_session(at(2), 7, "dead_peer")
+    assert nat.lookup_internal(UDP, C, 40000) is None
+    kept = nat.lookup_internal(UDP, C, 40001)
+    assert kept is not None and kept.session == 8
     nat.open_session(at(7), session=8, client="dave", vpn_addr=C)  # the address goes to someone else
     open_udp(nat, C, 40000, now=at(7))
     assert (events(nat, MappingCreated)[-1].client, events(nat, MappingCreated)[-1].session) == ("dave", 8)
