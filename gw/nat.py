@@ -51,7 +51,7 @@ import gc
 import heapq
 import random
 import struct
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterable
 from enum import IntEnum
 from typing import Any
@@ -227,6 +227,13 @@ class _TableView:
             sessions=self.sessions,
             quota_flagged=self.quota_flagged,
         )
+
+
+# the Snapshot columns with one row per mapping
+_SNAPSHOT_MAPPING_COLUMNS = (
+    "proto", "int_addr", "int_port", "ext_addr", "ext_port", "session", "created_ns", "last_seen_ns",
+    "tcp_state", "packets_out", "bytes_out", "packets_in", "bytes_in", "remote_addr", "remote_port",
+)  # fmt: skip
 
 
 class Nat:
@@ -981,34 +988,18 @@ class Nat:
 
     def _load_snapshot(self, s: Snapshot) -> None:
         """Rebuild the table from a snapshot's columns: the one bulk path, so it works column-wise (1 M rows)."""
-        n = len(s.proto)
-        if any(
-            len(column) != n
-            for column in (
-                s.int_addr,
-                s.int_port,
-                s.ext_addr,
-                s.ext_port,
-                s.session,
-                s.created_ns,
-                s.last_seen_ns,
-                s.tcp_state,
-                s.packets_out,
-                s.bytes_out,
-                s.packets_in,
-                s.bytes_in,
-                s.remote_addr,
-                s.remote_port,
-            )
-        ):
+        if len({len(getattr(s, column)) for column in _SNAPSHOT_MAPPING_COLUMNS}) > 1:
             raise ValueError("snapshot columns of unequal length: not a snapshot gw wrote")
         rmask = self._rmask
         keys = [p << 48 | a << 16 | q for p, a, q in zip(s.proto, s.int_addr, s.int_port)]
         ext_keys = [p << 48 | a << 16 | q for p, a, q in zip(s.proto, s.ext_addr, s.ext_port)]
-        remotes = [
-            (a << 16 | q) & rmask if a or not rmask else NO_REMOTE
-            for a, q in zip(s.remote_addr, s.remote_port)
-        ]
+        if any(s.remote_addr):
+            remotes = [
+                (a << 16 | q) & rmask if a or not rmask else NO_REMOTE
+                for a, q in zip(s.remote_addr, s.remote_port)
+            ]
+        else:  # remotes not recorded (no log_destination): each mapping re-learns its remote
+            remotes = [NO_REMOTE if rmask else 0] * len(keys)
         outs = [p << COUNT_SHIFT | b for p, b in zip(s.packets_out, s.bytes_out)]
         ins = [p << COUNT_SHIFT | b for p, b in zip(s.packets_in, s.bytes_in)]
         ms = list(
@@ -1031,19 +1022,20 @@ class Nat:
         self._clients.update((a, [paired[a], count, False]) for a, count in Counter(s.int_addr).items())
         for ea in paired.values():
             self._ext_clients[ea] = self._ext_clients.get(ea, 0) + 1
-        wheel = self._wheel
-        udp_ns, icmp_ns, est_ns, trans_ns = self._udp_ns, self._icmp_ns, self._tcp_est_ns, self._tcp_trans_ns
-        for key, proto, state, seen in zip(keys, s.proto, s.tcp_state, s.last_seen_ns):
-            if proto == P.PROTO_TCP:
-                timeout = est_ns if state == TcpState.ESTABLISHED else trans_ns
-            else:
-                timeout = udp_ns if proto == P.PROTO_UDP else icmp_ns
-            second = (seen + timeout) // NS + 1
-            due = wheel.get(second)
-            if due is None:
-                wheel[second] = [key]
-            else:
-                due.append(key)
+        timeouts = {
+            (P.PROTO_UDP, 0): self._udp_ns,
+            (P.PROTO_ICMP, 0): self._icmp_ns,
+            (P.PROTO_TCP, TcpState.ESTABLISHED): self._tcp_est_ns,
+        }
+        transitory = self._tcp_trans_ns
+        seconds = [
+            (seen + timeouts.get((proto, state), transitory)) // NS + 1
+            for proto, state, seen in zip(s.proto, s.tcp_state, s.last_seen_ns)
+        ]
+        wheel: defaultdict[int, list[int]] = defaultdict(list)
+        for key, second in zip(keys, seconds):
+            wheel[second].append(key)
+        self._wheel.update(wheel)
         self._wheel_due = list(wheel)
         heapq.heapify(self._wheel_due)
         resting = zip(s.rest_proto, s.rest_ext_addr, s.rest_ext_port, s.rest_until_ns, strict=True)
