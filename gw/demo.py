@@ -266,6 +266,7 @@ def _run(journal_dir: Path, clients: int, quiet: bool, kept: bool) -> int:
     size = sum(p.stat().st_size for p in journal_dir.iterdir() if p.is_file())
     print(f"  journal: {journal_dir} ({size} bytes on disk)")
 
+    # the gateway comes back ten minutes later, as a daemon would: fold the journal, then resume
     rec = recovery.load(journal_dir)
     restored = Nat.restore(demo.config, rec.snapshot, rec.events)
     same = restored.table_state() == nat.table_state()
@@ -276,6 +277,24 @@ def _run(journal_dir: Path, clients: int, quiet: bool, kept: bool) -> int:
     )
     for note in rec.notes:
         print(f"  recovery note: {note}")
+    restart = demo.now + 600 * S
+    writer = JournalWriter(journal_dir, fsync="interval")
+    writer.start()
+    restored.record_event(
+        GatewayStarted,
+        restart,
+        version=__version__,
+        ext_addrs=restored.ext_addrs,
+        recovered=True,
+        unclean=not rec.clean,
+    )
+    stale = restored.resume(restart)
+    writer.submit(restored.events)
+    writer.close()
+    print(
+        f"  restart 10 minutes later: {stale} mappings idle past their timeout ended "
+        f"(stale_at_recovery); their ports rest {demo.config.port_reuse_delay_s} s from the restart"
+    )
 
     last_dns = [e for e in created if e.proto == 17 and e.int_port == 41000]
     if last_dns:

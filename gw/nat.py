@@ -32,7 +32,8 @@ is the *remote* endpoint.
 
 Every state change goes through ``apply(event)``: commands build an event, ``apply`` it and append it
 to ``self.events`` for the journal (``_record``). Recovery folds the journal through the same
-``apply``, so the table after a crash is the table before it. The NAT also numbers the journal
+``apply``, so the table after a crash is the table before it; ``resume(now)`` then ends what idled out
+during the outage. The NAT also numbers the journal
 (``next_seq``) because it is the core whose state the journal rebuilds; other facts (gateway started,
 session refused) go through ``record_event`` to share the sequence.
 
@@ -904,6 +905,19 @@ class Nat:
                 del resting[k]
         dropped = self._frags_out.expire(now) + self._frags_in.expire(now)
         self.drops[Drop.FRAGMENT] += dropped
+
+    def resume(self, now: int) -> int:
+        """After ``restore``: end every mapping that went idle past its timeout while the gateway was down.
+
+        Journaled as ``MappingExpired(reason="stale_at_recovery")`` at ``now``, so each such port rests
+        ``port_reuse_delay_s`` from the restart, not from the unknown moment of the crash: an audit over the
+        outage window never finds two holders. Mappings still within their timeout go on with the same
+        external ports. Returns how many ended.
+        """
+        stale = [m for m in self._by_int.values() if m.last_seen + self._timeout(m) <= now]
+        for m in stale:
+            self._expire_mapping(m, now, "stale_at_recovery")
+        return len(stale)
 
     def next_deadline(self) -> int | None:
         """When ``expire`` next has work (ns), for the shell's one timer; None when nothing is scheduled."""

@@ -1551,3 +1551,18 @@ def test_kernel_vector_fragmented_ping_both_ways_matches_linux_in_order_and_reve
         for i in range(3):
             assert bytes(got_out[i]) == with_ttl(outside_req[i], 64), (order, i)
             assert bytes(got_in[i]) == with_ttl(inside_rep[i], 63), (order, i)
+
+
+def test_resume_after_restore_ends_mappings_that_idled_out_during_the_outage_and_rests_their_ports() -> None:
+    live = make_nat()
+    stale_port = open_udp(live, C, 40000)  # last seen at T0
+    assert out(live, udp(C, 40001, SRV, 53), at(200)) == FORWARD
+    fresh_port = live.lookup_internal(UDP, C, 40001).ext_port
+    restored = Nat.restore(live.config, None, live.events)
+    ended = restored.resume(at(350))  # UDP timeout 300 s: the first idled out, the second did not
+    assert ended == 1
+    [expired] = events(restored, MappingExpired)
+    assert (expired.ext_port, expired.reason, expired.at_ns) == (stale_port, "stale_at_recovery", at(350))
+    assert restored.is_resting(UDP, PUB, stale_port, at(350 + 119))  # 120 s from the restart, not the crash
+    assert not restored.is_resting(UDP, PUB, stale_port, at(350 + 120))
+    assert restored.lookup_internal(UDP, C, 40001).ext_port == fresh_port  # the live flow keeps its port
