@@ -195,7 +195,7 @@ class Snapshot(msgspec.Struct, frozen=True, array_like=True):
     bytes_in: list[int] = []
     remote_addr: list[int] = []
     remote_port: list[int] = []
-    client: list[str] = []
+    client: list[str] = []  # the holder's name, for readers of the file; restore takes owners from sessions
     # external ports resting after their mapping ended (reuse delay)
     rest_proto: list[int] = []
     rest_ext_addr: list[int] = []
