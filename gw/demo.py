@@ -288,7 +288,8 @@ def _run(journal_dir: Path, clients: int, quiet: bool, kept: bool) -> int:
         recovered=True,
         unclean=not rec.clean,
     )
-    stale = restored.resume(restart)
+    down_since = rec.events[-1].at_ns if rec.events else rec.snapshot.at_ns if rec.snapshot else restart
+    stale = restored.resume(restart, down_since)
     writer.submit(restored.events)
     writer.close()
     print(

@@ -9,6 +9,10 @@ fragment that arrives *before* its first fragment is held, and is released, tran
 first one arrives. Datagrams are never reassembled: each fragment leaves as it came, so the gateway
 adds no latency and needs no reassembly buffer for in-order traffic (the common case).
 
+A datagram's entry is forgotten as soon as all of its bytes went through (the last fragment tells
+the size; duplicates are not expected), so a later datagram reusing the IP identification cannot be
+steered by a stale entry.
+
 Limits (named in ``gw.config``): datagrams tracked at once, bytes held for early fragments (whole
 gateway), and the age of an entry. A datagram whose first fragment does not come in time is dropped
 with its held fragments, counted. When the table is full the oldest entry is evicted: arrival order
@@ -28,13 +32,15 @@ def datagram_key(src: int, dst: int, proto: int, ident: int) -> int:
 class _Datagram:
     """What the table knows of one datagram: its mapping once the first fragment passed, else held fragments."""
 
-    __slots__ = ("born", "mapping", "held", "held_bytes")
+    __slots__ = ("born", "mapping", "held", "held_bytes", "passed_bytes", "size")
 
     def __init__(self, born: int) -> None:
         self.born = born
         self.mapping: object | None = None
         self.held: list[bytearray] = []
         self.held_bytes = 0
+        self.passed_bytes = 0  # payload bytes translated so far
+        self.size: int | None = None  # payload size of the whole datagram, once its last fragment is seen
 
 
 class FragmentTable:
@@ -65,19 +71,48 @@ class FragmentTable:
                 self.dropped += 1
                 return False
         d = self._entry(key, now)
-        d.held.append(pkt)
+        d.held.append(bytearray(pkt))  # a copy: the caller may reuse its receive buffer
         d.held_bytes += n
         self.held_bytes += n
         return True
 
-    def resolve(self, key: int, mapping: object, now: int) -> list[bytearray]:
-        """Record the mapping the first fragment used; return the fragments held for this datagram."""
+    def resolve(
+        self, key: int, mapping: object, now: int, first: bytes | bytearray | None = None
+    ) -> list[bytearray]:
+        """Record the mapping the first fragment used; return the fragments held for this datagram.
+
+        ``first`` (the first fragment) counts towards the datagram's bytes; without it the entry lives
+        until it times out.
+        """
         d = self._entry(key, now)
         d.mapping = mapping
         held, d.held = d.held, []
         self.held_bytes -= d.held_bytes
         d.held_bytes = 0
+        if first is not None:
+            self._count(key, d, first)
         return held
+
+    def passed(self, key: int, pkt: bytes | bytearray) -> None:
+        """Count a translated fragment; forget the datagram once all of it went through."""
+        d = self._datagrams.get(key)
+        if d is not None:
+            self._count(key, d, pkt)
+
+    def next_deadline(self) -> int | None:
+        """When the oldest entry times out (ns), or None when the table is empty."""
+        for d in self._datagrams.values():
+            return d.born + self.timeout_ns
+        return None
+
+    def _count(self, key: int, d: _Datagram, pkt: bytes | bytearray) -> None:
+        payload = (pkt[2] << 8 | pkt[3]) - (pkt[0] & 0x0F) * 4  # total length - header length
+        frag = pkt[6] << 8 | pkt[7]
+        d.passed_bytes += payload
+        if not frag & 0x2000:  # no "more fragments": this one ends the datagram
+            d.size = (frag & 0x1FFF) * 8 + payload
+        if d.size is not None and d.passed_bytes >= d.size and not d.held:
+            del self._datagrams[key]
 
     def expire(self, now: int) -> int:
         """Forget datagrams older than the timeout; return how many held fragments that dropped."""

@@ -26,7 +26,7 @@ def parse_prefix(text: str) -> tuple[int, int]:
     """'10.66.77.0/24' -> (network, prefix length). Raises ValueError when host bits are set or it is malformed."""
     addr_text, _, length_text = text.partition("/")
     addr = aton(addr_text)
-    if not length_text.isdigit() or not 0 <= int(length_text) <= 32:
+    if not (length_text.isascii() and length_text.isdigit()) or not 0 <= int(length_text) <= 32:
         raise ValueError(f"not a prefix length: {text!r}")
     length = int(length_text)
     mask = prefix_mask(length)

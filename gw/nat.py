@@ -21,8 +21,8 @@ is the *remote* endpoint.
 - Quota (RFC 6888 REQ-4): a client holds at most ``max_mappings_per_client`` mappings. A new flow past
   it is refused (nothing is evicted) and ``QuotaHit`` is journaled once until the client drops below.
 - Timeouts: UDP 300 s (RFC 4787 REQ-5), TCP established 7440 s and transitory 240 s (RFC 5382 REQ-5,
-  see ``tcp_track``), ICMP 60 s (RFC 5508 REQ-1). Only outbound packets refresh a mapping (RFC 4787
-  REQ-6 lets the NAT choose; this way a remote alone cannot keep a client's port held).
+  see ``tcp_track``), ICMP 60 s (RFC 5508 REQ-1). Only outbound packets and TCP state changes refresh a
+  mapping (RFC 4787 REQ-6 lets the NAT choose; this way a remote alone cannot keep a client's port held).
 - ICMP (RFC 5508): echo uses the identifier as the port; errors in both directions are translated with
   the quoted header rewritten and every checksum fixed, filtered like the flow they quote, and never
   refresh or end a mapping.
@@ -566,6 +566,8 @@ class Nat:
         ql4 = q + q_ihl
         if q_ihl < P.IP_MIN_HLEN or total < ql4 + 8:  # RFC 792: header + 8 bytes are always quoted
             return Drop.TRUNCATED
+        if P.get_u16(pkt, q + P.IP_FRAG)[0] & P.IP_OFFSET_MASK:
+            return Drop.UNSUPPORTED  # quoting a later fragment: no ports to find the flow by
         q_proto = pkt[q + P.IP_PROTO]
         q_src, q_dst = P.get_u32(pkt, q + P.IP_SRC)[0], P.get_u32(pkt, q + P.IP_DST)[0]
         if q_proto == P.PROTO_UDP or q_proto == P.PROTO_TCP:
@@ -577,7 +579,7 @@ class Nat:
         outer_src, outer_dst = P.get_u32(pkt, P.IP_SRC)[0], P.get_u32(pkt, P.IP_DST)[0]
         if outbound:  # quoted: remote -> our client's (q_dst, q_dport)
             m = self._by_int.get(flow_key(q_proto, q_dst, q_dport))
-            if m is None or q_dst != outer_src:
+            if m is None or q_dst != outer_src or q_src != outer_dst:  # only to the remote it is about
                 return Drop.ICMP_ERROR_MISMATCH
             if q_proto == P.PROTO_ICMP:
                 remote = q_src << 16
@@ -638,7 +640,7 @@ class Nat:
         table = self._frags_out if outbound else self._frags_in
         key = self._datagram_key(pkt, outbound, m)
         dropped = table.dropped
-        released = table.resolve(key, m, now)
+        released = table.resolve(key, m, now, pkt)
         self.drops[Drop.FRAGMENT] += table.dropped - dropped  # a full table evicted its oldest datagram
         for held in released:
             verdict = self._later_fragment(held, now, outbound)
@@ -656,8 +658,11 @@ class Nat:
 
     def _later_fragment(self, pkt: bytearray, now: int, outbound: bool) -> int:
         """A fragment without the L4 header: rewrite it like its first fragment, or hold it until that comes."""
+        proto = pkt[P.IP_PROTO]
+        if proto != P.PROTO_UDP and proto != P.PROTO_TCP and proto != P.PROTO_ICMP:
+            return self._drop(Drop.UNSUPPORTED)
         src, dst = P.get_u32(pkt, P.IP_SRC)[0], P.get_u32(pkt, P.IP_DST)[0]
-        key = datagram_key(src, dst, pkt[P.IP_PROTO], P.get_u16(pkt, P.IP_ID)[0])
+        key = datagram_key(src, dst, proto, P.get_u16(pkt, P.IP_ID)[0])
         table = self._frags_out if outbound else self._frags_in
         m = table.mapping_for(key)
         if m is None:
@@ -670,6 +675,7 @@ class Nat:
                 return Drop.HELD
             return Drop.FRAGMENT
         n = len(pkt)
+        table.passed(key, pkt)  # forgets the datagram once all of it went through
         if outbound:
             _rewrite_addr(pkt, P.IP_SRC, m.ext_key >> 16 & 0xFFFFFFFF)
             m.out += ONE_PACKET + n
@@ -906,22 +912,36 @@ class Nat:
         dropped = self._frags_out.expire(now) + self._frags_in.expire(now)
         self.drops[Drop.FRAGMENT] += dropped
 
-    def resume(self, now: int) -> int:
-        """After ``restore``: end every mapping that went idle past its timeout while the gateway was down.
+    def resume(self, now: int, down_since: int) -> int:
+        """After ``restore``: end every mapping that idled out while the gateway was down; returns how many.
 
-        Journaled as ``MappingExpired(reason="stale_at_recovery")`` at ``now``, so each such port rests
-        ``port_reuse_delay_s`` from the restart, not from the unknown moment of the crash: an audit over the
-        outage window never finds two holders. Mappings still within their timeout go on with the same
-        external ports. Returns how many ended.
+        ``down_since`` is the time of the last journaled event. What happened after it is unknown, so each
+        mapping counts as seen then at the latest: a flow alive at the crash goes on with the same external
+        port (its timer restarts from the crash, and a TCP connection the journal knew only by its SYN is
+        picked up as established by the remote's next segment), while one idle past its timeout by ``now``
+        ends as ``MappingExpired(reason="stale_at_recovery")`` at ``now``. Its port then rests
+        ``port_reuse_delay_s`` from the restart, not from the unknown moment of the crash: an audit of the
+        outage window never finds two holders.
         """
-        stale = [m for m in self._by_int.values() if m.last_seen + self._timeout(m) <= now]
+        stale = []
+        for m in self._by_int.values():
+            seen = max(m.last_seen, down_since)
+            if seen + self._timeout(m) <= now:
+                stale.append(m)
+            else:
+                m.last_seen = seen
         for m in stale:
             self._expire_mapping(m, now, "stale_at_recovery")
         return len(stale)
 
     def next_deadline(self) -> int | None:
         """When ``expire`` next has work (ns), for the shell's one timer; None when nothing is scheduled."""
-        return self._wheel_due[0] * NS if self._wheel_due else None
+        deadlines = [self._frags_out.next_deadline(), self._frags_in.next_deadline()]
+        if self._wheel_due:
+            deadlines.append(self._wheel_due[0] * NS)
+        if self._resting_order:
+            deadlines.append(self._resting_order[0][0])
+        return min((d for d in deadlines if d is not None), default=None)
 
     def open_session(
         self,
@@ -949,15 +969,28 @@ class Nat:
         )
 
     def close_session(self, now: int, session: int, reason: str, **counters: int) -> None:
-        """End a session and every mapping of its address, so the address can go to someone else unambiguously."""
+        """End a session and the mappings of its address, so the address can go to someone else unambiguously.
+
+        If the same client already holds the address again through a newer session (it reconnected before
+        this one was found dead), its flows go on: nothing changes hands. Otherwise every mapping of the
+        address that no open session owns ends with reason "session_closed" (a scan: sessions close
+        rarely, and a per-session index would cost every mapping memory).
+        """
         opened = self._session_events.get(session)
         if opened is None:
             return
-        # the session's own mappings only: a newer session may already hold the address (a reconnect
-        # before this one was found dead). A scan: sessions close rarely, and a per-session index would
-        # cost every mapping memory.
-        for m in [m for m in self._by_int.values() if m.session == session]:
-            self._expire_mapping(m, now, "session_closed")
+        addr = opened.vpn_addr
+        holder = self._sessions.get(addr)
+        if holder is None or holder[0] == session or holder[1] != opened.client:
+            open_sessions = self._session_events
+            ending = [
+                m
+                for m in self._by_int.values()
+                if m.key >> 16 & 0xFFFFFFFF == addr
+                and (m.session == session or m.session not in open_sessions)
+            ]
+            for m in ending:
+                self._expire_mapping(m, now, "session_closed")
         self._record(
             SessionClosed(
                 seq=self.next_seq, at_ns=now, session=session, client=opened.client, reason=reason, **counters

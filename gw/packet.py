@@ -135,7 +135,7 @@ class Drop(IntEnum):
     FILTERED = 7  # a mapping exists, but filtering refuses this remote (RFC 4787 REQ-8)
     QUOTA = 8  # the client holds its quota of mappings (RFC 6888 REQ-4)
     PORTS_EXHAUSTED = 9  # no free external port
-    FRAGMENT = 10  # fragment dropped: limits, timeout or overlap
+    FRAGMENT = 10  # fragment dropped: over the table's limits, or its first fragment never came
     HELD = 11  # not a drop: a fragment held until its first fragment arrives
     SPOOFED = 12  # router: source is not the session's address
     DENIED = 13  # router: destination on the deny list

@@ -7,12 +7,14 @@ A packet from a client session is checked, in this order:
 1. It is a sound IPv4 packet (``packet.check_ipv4``, the bounded reader) — else a ``Drop``.
 2. Anti-spoofing (RFC 2827 ingress filtering, RFC 3704): its source is the address assigned to that
    session — else ``Drop.SPOOFED``. A client cannot speak for another client or hide behind the gateway.
-3. Destination policy: the deny list (by default the RFC 6890 ranges a client must never reach
-   through the gateway: 0.0.0.0/8, loopback, link-local where cloud metadata lives, multicast,
-   limited broadcast), and the VPN subnet's own broadcast address — else ``Drop.DENIED``.
-4. Delivery: the gateway's VPN address -> ``Route.LOCAL`` (its services: DNS proxy, ICMP echo, the
-   host's TUN port); another VPN address -> ``Route.CLIENT`` with the session holding it, or
-   ``Drop.NO_ROUTE`` when nobody does; anything else -> ``Route.NAT``.
+3. Inside the VPN subnet: the gateway's VPN address -> ``Route.LOCAL`` (its services: DNS proxy,
+   ICMP echo, the host's TUN port); the subnet's network and broadcast addresses -> ``Drop.DENIED``;
+   another VPN address -> ``Route.CLIENT`` with the session holding it, or ``Drop.NO_ROUTE`` when
+   nobody does.
+4. Outside it: the deny list (by default the RFC 6890 ranges a client must never reach through the
+   gateway: 0.0.0.0/8, loopback, link-local where cloud metadata lives, multicast, limited
+   broadcast) -> ``Drop.DENIED``; anything else -> ``Route.NAT``. The deny list applies to the way
+   out only, so an operator may deny all of 10.0.0.0/8 without cutting the VPN off from itself.
 
 Packets coming back from the NAT (inbound, or hairpinned) go to the session holding their destination.
 
@@ -93,22 +95,22 @@ class Router:
         return Route.CLIENT, session
 
     def _by_destination(self, dst: int) -> tuple[int, Any]:
-        for net, mask in self._deny:
-            if dst & mask == net:
-                return self._count(Drop.DENIED)
-        if dst & self.mask == self.network:
-            if dst == self.gateway_addr:
-                self.counts[Route.LOCAL] += 1
-                return self._to_local
-            if dst == self.broadcast or dst == self.network:
-                return self._count(Drop.DENIED)
-            session = self._sessions.get(dst)
-            if session is None:
-                return self._count(Drop.NO_ROUTE)
-            self.counts[Route.CLIENT] += 1
-            return Route.CLIENT, session
-        self.counts[Route.NAT] += 1
-        return self._to_nat
+        if dst & self.mask != self.network:  # to the internet, unless the deny list says no
+            for net, mask in self._deny:
+                if dst & mask == net:
+                    return self._count(Drop.DENIED)
+            self.counts[Route.NAT] += 1
+            return self._to_nat
+        if dst == self.gateway_addr:
+            self.counts[Route.LOCAL] += 1
+            return self._to_local
+        if dst == self.broadcast or dst == self.network:
+            return self._count(Drop.DENIED)
+        session = self._sessions.get(dst)
+        if session is None:
+            return self._count(Drop.NO_ROUTE)
+        self.counts[Route.CLIENT] += 1
+        return Route.CLIENT, session
 
     def _count(self, verdict: int) -> tuple[int, None]:
         self.counts[verdict] += 1

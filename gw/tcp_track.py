@@ -18,6 +18,10 @@ picked up as established, as Linux conntrack does. Other plain segments (ACK, da
 state; they only refresh the mapping. A new outbound SYN on a closing or reset connection starts over,
 because clients reuse source ports. Every state change restarts the mapping's idle timer.
 
+State is kept per mapping, not per connection: with endpoint-independent mapping, two connections from
+one source port (TCP hole punching, SO_REUSEADDR) share it, and the first to close moves the mapping to
+the transitory timeout. The other one then lives as long as it sends at least every 240 s.
+
 The table, as text (a test checks that this list and ``TRANSITIONS`` agree)::
 
     SYN_OUT      syn_in  -> ESTABLISHED
@@ -28,8 +32,10 @@ The table, as text (a test checks that this list and ``TRANSITIONS`` agree)::
     ESTABLISHED  rst     -> CLOSED
     FIN_OUT      fin_in  -> TIME_WAIT
     FIN_OUT      rst     -> CLOSED
+    FIN_OUT      syn_out -> SYN_OUT
     FIN_IN       fin_out -> TIME_WAIT
     FIN_IN       rst     -> CLOSED
+    FIN_IN       syn_out -> SYN_OUT
     TIME_WAIT    syn_out -> SYN_OUT
     TIME_WAIT    rst     -> CLOSED
     CLOSED       syn_out -> SYN_OUT
@@ -80,8 +86,10 @@ TRANSITIONS: dict[tuple[TcpState, Seg], TcpState] = {
     (S.ESTABLISHED, K.RST): S.CLOSED,
     (S.FIN_OUT, K.FIN_IN): S.TIME_WAIT,
     (S.FIN_OUT, K.RST): S.CLOSED,
+    (S.FIN_OUT, K.SYN_OUT): S.SYN_OUT,
     (S.FIN_IN, K.FIN_OUT): S.TIME_WAIT,
     (S.FIN_IN, K.RST): S.CLOSED,
+    (S.FIN_IN, K.SYN_OUT): S.SYN_OUT,
     (S.TIME_WAIT, K.SYN_OUT): S.SYN_OUT,
     (S.TIME_WAIT, K.RST): S.CLOSED,
     (S.CLOSED, K.SYN_OUT): S.SYN_OUT,

@@ -133,7 +133,7 @@ class MappingExpired(Event, frozen=True, tag=7):
 class QuotaHit(Event, frozen=True, tag=8):
     """A client reached its mapping quota (RFC 6888 REQ-4, all protocols together); the new flow was refused.
 
-    Journaled once when the client reaches the quota, and again only after it dropped below.
+    Journaled for the first flow refused, and again only after the client dropped below the quota.
     """
 
     proto: int

@@ -1190,20 +1190,29 @@ def test_sessions_name_their_mappings_and_close_session_expires_them_then_sessio
     assert len(nat.events) == n
 
 
-def test_closing_a_dead_session_spares_the_mappings_of_the_newer_session_on_its_address() -> None:
-    # the client reconnected (session 8) before the gateway noticed session 7 was dead
+def test_closing_a_dead_session_keeps_the_flows_of_the_same_client_reconnected_on_its_address() -> None:
+    # alice reconnected (session 8) before the gateway noticed session 7 was dead: her sockets go on
+    nat = make_nat()
+    nat.open_session(T0, session=7, client="alice", vpn_addr=C)
+    port = open_udp(nat, C, 40000)
+    nat.open_session(at(1), session=8, client="alice", vpn_addr=C)
+    nat.close_session(at(2), 7, "dead_peer")
+    assert events(nat, MappingExpired) == []
+    assert nat.lookup_internal(UDP, C, 40000).ext_port == port
+    nat.close_session(at(3), 8, "client_left")  # when the address is let go, the leftovers end too
+    assert [e.ext_port for e in events(nat, MappingExpired)] == [port]
+
+
+def test_closing_a_dead_session_ends_its_mappings_when_another_client_now_holds_the_address() -> None:
     nat = make_nat()
     nat.open_session(T0, session=7, client="alice", vpn_addr=C)
     open_udp(nat, C, 40000)
-    nat.open_session(at(1), session=8, client="alice", vpn_addr=C)
+    nat.open_session(at(1), session=8, client="bob", vpn_addr=C)  # the address went to bob
     assert out(nat, udp(C, 40001, SRV, 53), at(1)) == FORWARD
     nat.close_session(at(2), 7, "dead_peer")
-    assert nat.lookup_internal(UDP, C, 40000) is None
+    assert nat.lookup_internal(UDP, C, 40000) is None  # alice's flow must not run on as bob's
     kept = nat.lookup_internal(UDP, C, 40001)
     assert kept is not None and kept.session == 8
-    nat.open_session(at(7), session=8, client="dave", vpn_addr=C)  # the address goes to someone else
-    open_udp(nat, C, 40000, now=at(7))
-    assert (events(nat, MappingCreated)[-1].client, events(nat, MappingCreated)[-1].session) == ("dave", 8)
 
 
 def test_every_event_seq_is_gap_free_starting_at_1() -> None:
@@ -1555,14 +1564,21 @@ def test_kernel_vector_fragmented_ping_both_ways_matches_linux_in_order_and_reve
 
 def test_resume_after_restore_ends_mappings_that_idled_out_during_the_outage_and_rests_their_ports() -> None:
     live = make_nat()
-    stale_port = open_udp(live, C, 40000)  # last seen at T0
-    assert out(live, udp(C, 40001, SRV, 53), at(200)) == FORWARD
-    fresh_port = live.lookup_internal(UDP, C, 40001).ext_port
+    ping = P.build_icmp_echo(C, SRV, 0x4242, 1, b"ping")
+    assert out(live, ping, at(0)) == FORWARD
+    ping_id = live.lookup_internal(ICMP, C, 0x4242).ext_port
+    assert out(live, udp(C, 40001, SRV, 53), at(200)) == FORWARD  # the last journaled event: the crash
+    udp_port = live.lookup_internal(UDP, C, 40001).ext_port
     restored = Nat.restore(live.config, None, live.events)
-    ended = restored.resume(at(350))  # UDP timeout 300 s: the first idled out, the second did not
+    ended = restored.resume(at(300), down_since=at(200))  # ICMP 60 s and UDP 300 s, counted from the crash
     assert ended == 1
     [expired] = events(restored, MappingExpired)
-    assert (expired.ext_port, expired.reason, expired.at_ns) == (stale_port, "stale_at_recovery", at(350))
-    assert restored.is_resting(UDP, PUB, stale_port, at(350 + 119))  # 120 s from the restart, not the crash
-    assert not restored.is_resting(UDP, PUB, stale_port, at(350 + 120))
-    assert restored.lookup_internal(UDP, C, 40001).ext_port == fresh_port  # the live flow keeps its port
+    assert (expired.proto, expired.ext_port, expired.reason) == (ICMP, ping_id, "stale_at_recovery")
+    assert expired.at_ns == at(300)
+    assert restored.is_resting(ICMP, PUB, ping_id, at(300 + 119))  # 120 s from the restart, not the crash
+    assert not restored.is_resting(ICMP, PUB, ping_id, at(300 + 120))
+    assert restored.lookup_internal(UDP, C, 40001).ext_port == udp_port  # the live flow keeps its port
+    restored.expire(at(499))
+    assert restored.lookup_internal(UDP, C, 40001) is not None
+    restored.expire(at(501))  # idle since the crash: it ends a timeout after it
+    assert restored.lookup_internal(UDP, C, 40001) is None

@@ -187,3 +187,10 @@ def test_random_bytes_never_raise_and_always_give_a_verdict() -> None:
         v, s = r.route_to_client(buf)
         assert v in verdicts and s in (None, a, b)
     assert sum(r.counts) == 6000
+
+
+def test_a_deny_prefix_covering_the_vpn_subnet_still_lets_clients_reach_the_gateway_and_each_other() -> None:
+    r, _a, b = make_router(deny=["10.0.0.0/8"])  # an operator keeping clients off private networks
+    assert from_client(r, VPN_GW)[0] == Route.LOCAL
+    assert from_client(r, CLIENT_B) == (Route.CLIENT, b)
+    assert from_client(r, "10.1.2.3")[0] == Drop.DENIED  # the rest of 10/8 stays out of reach
