@@ -636,6 +636,28 @@ def test_fragments_inbound_in_and_out_of_order() -> None:
     verify(whole)
 
 
+def test_a_finished_datagram_is_forgotten_so_a_later_one_reusing_its_ip_id_cannot_borrow_its_mapping() -> (
+    None
+):
+    nat = make_nat()
+    first = fragment(_big_udp(sport=40000, ident=0x99), 1480)
+    assert [out(nat, f) for f in first] == [FORWARD] * 3  # all of it went through: the entry is gone
+    second = fragment(_big_udp(sport=40001, ident=0x99), 1480)  # same src, dst, protocol and IP ID
+    assert out(nat, second[2]) == Drop.HELD  # not rewritten with the first datagram's mapping
+    assert out(nat, second[0]) == FORWARD
+    [(to_internet, released)] = nat.released
+    assert to_internet and endpoints(released)[0] == PUBLIC
+    assert out(nat, second[1]) == FORWARD
+    verify(reassemble([second[0], second[1], released]))
+
+
+def test_next_deadline_covers_held_fragments() -> None:
+    nat = make_nat()
+    assert nat.next_deadline() is None
+    assert out(nat, fragment(_big_udp(), 1480)[2], at(0)) == Drop.HELD
+    assert nat.next_deadline() == at(30)  # fragment_timeout_s: expire must run then to drop it
+
+
 def test_fragments_of_a_zero_checksum_udp_datagram_keep_checksum_zero() -> None:
     nat = make_nat()
     frags = fragment(_big_udp(zero=True), 1480)
