@@ -6,9 +6,9 @@ opening and closing, a snapshot every hour as the daemon takes them, one segment
 ``gw-audit who`` point queries:
 
 - in process, through ``tools.audit.find_holders`` (what ``main`` calls), a fresh ``Journal`` per query:
-  the first query on a journal without index files (it builds and writes the indexes of the segments it
-  visits), then ~50 random queries with the indexes in place (most for endpoints that were held, the rest
-  random); median and p95;
+  the first query on a journal without index files (it builds the indexes of the segments it visits
+  in memory: the tools never write into a journal), then ~50 random queries with the indexes in
+  place (most for endpoints that were held, the rest random); median and p95;
 - one run of the ``gw-audit`` console script in a subprocess: the wall time a user sees, interpreter
   start-up and imports included.
 

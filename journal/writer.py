@@ -20,6 +20,12 @@ Retention (``retention_s``) deletes the oldest segments whose events are all old
 covered by the oldest kept snapshot (``keep_snapshots``, default 2, so recovery can fall back one
 snapshot). It never deletes the newest segment. Snapshots beyond ``keep_snapshots`` are deleted.
 
+When it closes a segment (rotation, ``close``) the writer also writes the segment's audit index
+``<segment>.idx`` (``journal.index``), built from the events it wrote, so audits can skip segments without
+the tools ever writing into the journal. The index is derived data: it is not fsynced, and a failure to
+write it is reported through ``on_error`` as a ``JournalIndexWarning`` and never fails the journal
+(``gw-audit DIR reindex`` rebuilds missing ones).
+
 ``submit_snapshot(obj)``: ``obj`` is a ``Snapshot`` or has ``.build() -> Snapshot``. When the writer
 reaches it in the queue, every event submitted earlier is written and fsynced (a snapshot is never ahead of
 the journal); then a helper thread calls ``build()`` and writes the file (temp, fsync, rename), so a large
@@ -49,9 +55,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+import msgspec
+
 from journal.errors import JournalError, JournalGapError, JournalWriteError
-from journal.events import JournalEvent, Snapshot
+from journal.events import JournalEvent, MappingCreated, MappingExpired, Snapshot
 from journal.frames import MAX_FRAME_EVENTS, decode_frame, encode_frame, new_compressor
+from journal.index import INDEX_VERSION, SegmentIndex, index_path
 from journal.segments import (
     FILE_MODE,
     first_header,
@@ -69,13 +78,65 @@ try:
 except ImportError:  # Windows: no advisory lock; one daemon per journal is the operator's job there
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["FsyncPolicy", "JournalWriter"]
+__all__ = ["FsyncPolicy", "JournalIndexWarning", "JournalWriter", "write_segment_index"]
 
 FsyncPolicy = Literal["always", "interval", "never"]
 _POLICIES = ("always", "interval", "never")
 LOCK_NAME = "lock"
 _O_BINARY = getattr(os, "O_BINARY", 0)
 _log = logging.getLogger("journal")
+
+
+class JournalIndexWarning(JournalError, UserWarning):
+    """A segment's audit index could not be written; the journal itself is fine."""
+
+
+def write_segment_index(segment_path: str | os.PathLike[str], index: SegmentIndex) -> Path:
+    """Write ``<segment>.idx`` (temp file, then rename; not fsynced: derived data). Raises OSError."""
+    target = index_path(segment_path)
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_BINARY, FILE_MODE)
+        try:
+            _write_all(fd, msgspec.msgpack.encode(index))
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+class _SegmentSummary:
+    """What the current segment holds, kept as frames are written, for its index."""
+
+    __slots__ = ("endpoints", "first_seq", "last_seq", "max_at_ns", "min_at_ns")
+
+    def __init__(self, first_seq: int) -> None:
+        self.first_seq = first_seq
+        self.last_seq = first_seq - 1
+        self.min_at_ns: int | None = None
+        self.max_at_ns: int | None = None
+        self.endpoints: set[int] = set()
+
+    def add(self, events: list[JournalEvent]) -> None:
+        keys = self.endpoints
+        lo, hi = self.min_at_ns, self.max_at_ns
+        for e in events:
+            t = type(e)
+            if t is MappingCreated or t is MappingExpired:
+                keys.add((e.proto << 48) | (e.ext_addr << 16) | e.ext_port)  # type: ignore[attr-defined]
+            at = e.at_ns
+            if lo is None or at < lo:
+                lo = at
+            if hi is None or at > hi:
+                hi = at
+        self.min_at_ns, self.max_at_ns = lo, hi
+        if self.last_seq < self.first_seq:
+            self.first_seq = events[0].seq
+        self.last_seq = events[-1].seq
 
 
 class _Close:
@@ -166,6 +227,7 @@ class JournalWriter:
         self._retry_at = 0.0
         self._reported: str | None = None
         self._snap_thread: threading.Thread | None = None
+        self._summary: _SegmentSummary | None = None  # of the current segment, for its index
 
     # -- caller side (any thread) --------------------------------------------------------------------
 
@@ -372,6 +434,8 @@ class JournalWriter:
             return 0
         self._written += len(frame)
         self._unsynced.append(frame)
+        if self._summary is not None:
+            self._summary.add(chunk)
         self.written_seq = chunk[-1].seq
         self._recovered()
         if self.fsync == "never":
@@ -442,6 +506,7 @@ class JournalWriter:
         self._fd, self._seg_path = fd, path
         self._written = self._synced = 0
         self._unsynced.clear()
+        self._summary = _SegmentSummary(first_seq)
         self._seg_opened_ns = self._clock_ns()
         if self.fsync != "never":
             fsync_dir(self.directory)
@@ -452,6 +517,7 @@ class JournalWriter:
         if self._failure is not None:
             return
         self._close_fd()
+        self._write_index()
         self._apply_retention()
 
     def _close_fd(self) -> None:
@@ -459,6 +525,40 @@ class JournalWriter:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = None
+
+    def _write_index(self) -> None:
+        """Write the closed segment's index from the events written to it (see the module doc).
+
+        Skipped when the file may not hold exactly those frames (a failed write or fsync left it unknown);
+        readers then build the index themselves. A failure is a warning, never a journal error.
+        """
+        summary, self._summary = self._summary, None
+        path = self._seg_path
+        if summary is None or path is None or self._needs_repair or summary.last_seq < summary.first_seq:
+            return
+        try:
+            st = path.stat()
+            if st.st_size != self._written:
+                return
+            index = SegmentIndex(
+                INDEX_VERSION,
+                st.st_size,
+                st.st_mtime_ns,
+                summary.first_seq,
+                summary.last_seq,
+                summary.min_at_ns,
+                summary.max_at_ns,
+                sorted(summary.endpoints),
+                True,
+            )
+            write_segment_index(path, index)
+        except OSError as exc:
+            self._warn(
+                JournalIndexWarning(
+                    f"{path}: could not write its audit index ({exc.strerror or exc}); the journal is "
+                    "fine, audits of it are slower (gw-audit DIR reindex writes the missing indexes)"
+                )
+            )
 
     def _snapshot(self, obj: Any) -> None:
         """Make every earlier event durable, then build and write the snapshot in a helper thread.
@@ -553,6 +653,7 @@ class JournalWriter:
             self._commit(force=True)
             self._sync()
         self._close_fd()
+        self._write_index()
         if self._pending or self._needs_repair:
             lost: list[JournalEvent] = []
             if self._needs_repair:  # written but never durably: recover them from the frames kept in memory
@@ -595,6 +696,13 @@ class JournalWriter:
             _log.warning("%s: journal writes resumed after: %s", self.directory, self._failure)
             self._failure = None
             self._reported = None
+
+    def _warn(self, exc: Exception) -> None:
+        """Report something that does not affect the journal's events (``on_error``, or a log warning)."""
+        if self._on_error is None:
+            _log.warning("%s", exc)
+            return
+        self._report(exc)
 
     def _report(self, exc: Exception) -> None:
         if self._on_error is None:

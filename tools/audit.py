@@ -17,7 +17,13 @@ the mapping, else in the segments between that snapshot and the mapping.
 
 ``client`` and ``export`` start from the state at the window's start (snapshot + fold, see
 ``tools.common``), follow mapping intervals through the window, and then read on only until the
-mappings still held at the window's end have ended, so every record has its real end.
+mappings still held at the window's end have ended, so every record has its real end. When the state
+at the window's start cannot be known (older segments removed, or only later snapshots), they read from
+the oldest segment, merge in the first snapshot taken inside the window once the read passes it, and
+say so in a note ("state before T is not known: ...").
+
+Every command is read-only except ``reindex``, which writes the per-segment ``.idx`` audit indexes
+(and nothing else) for journals written before the gateway's writer did so itself.
 """
 
 from __future__ import annotations
@@ -31,10 +37,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import msgspec
+
 from gw import inet
 from gw.errors import UsageError
 from journal.events import MappingCreated, MappingExpired, SessionClosed, SessionOpened, Snapshot
-from journal.index import endpoint_key
+from journal.index import INDEX_VERSION, SegmentIndex, endpoint_key, index_path
+from journal.writer import write_segment_index
 from tools.common import (
     EXIT_OK,
     EXIT_PROBLEM,
@@ -54,6 +63,7 @@ from tools.common import (
     proto_name,
     record_from_created,
     run_tool,
+    segment_index,
     wrap,
 )
 
@@ -101,6 +111,16 @@ class Holding:
     record: MappingRecord
     session: SessionOpened | None
     source: str  # "journal" or the snapshot file that held the mapping
+    before_retained: bool = False  # from a snapshot whose events are all gone: created before the segments
+
+    @property
+    def source_note(self) -> str | None:
+        """Why a snapshot answered: the mapping predates the retained segments, or just the state there."""
+        if self.source == "journal":
+            return None
+        if self.before_retained:
+            return "created before the retained segments"
+        return f"state from snapshot {self.source}"
 
 
 def find_holders(journal: Journal, addr: int, port: int, proto: int | None, at_ns: int) -> list[Holding]:
@@ -218,7 +238,9 @@ def _from_snapshot(j: Journal, snap: Snapshot, name: str, key: int, at_ns: int) 
     session = next((s for s in snap.sessions if s.session == rec.session), None)
     if session is None and rec.session:
         session = _find_session(j, rec.session, snap.upto_seq + 1, None)
-    return Holding(rec, session, name)
+    # Every event up to the snapshot's is gone only when the oldest segment starts after it.
+    before = not j.segments or snap.upto_seq < j.segments[0].first_seq
+    return Holding(rec, session, name, before)
 
 
 def _snapshot_row(snap: Snapshot, row: int) -> MappingRecord:
@@ -320,6 +342,7 @@ def _holding_json(h: Holding) -> dict[str, Any]:
         "still_held": r.end_ns is None,
         "destination": _destination(r),
         "source": h.source,
+        "source_note": h.source_note,
     }
 
 
@@ -339,7 +362,7 @@ def _print_holding(h: Holding, at_ns: int, out: IO[str]) -> None:
     if r.remote_addr:
         rows.append(("destination", _destination(r)))
     if h.source != "journal":
-        rows.append(("from", f"snapshot {h.source} (created before the retained segments)"))
+        rows.append(("from", f"snapshot {h.source} ({h.source_note})"))
     for name, value in rows:
         out.write(f"  {name:<12} {value}\n")
 
@@ -403,15 +426,57 @@ class WindowScan:
         self.last_at_ns: int | None = None  # the last event read
         self.wait_sessions: Callable[[SessionOpened], bool] | None = None  # also read on until these close
 
+    def _start(self) -> tuple[int, Snapshot | None]:
+        """Seed the tracker with the state at ``since`` when it can be known; return the first seq to read
+        and, when it cannot, the snapshot inside the window to merge in once the read reaches it (the
+        state is known from then on). Either way an unknown start state gets a note."""
+        j = self.journal
+        found = j.known_start(self.since)
+        if found is not None:
+            self.tracker.seed(found[0])
+            return found[1], None
+        oldest = j.segments[0].first_seq if j.segments else None
+        later = None  # the first readable snapshot inside the window with every event after it retained
+        for info in j.snapshots:
+            if oldest is not None and info.upto_seq + 1 < oldest:
+                continue
+            at = j.snapshot_at(info)
+            if at is not None and self.since < at <= self.until:
+                later = info
+                break
+        since_text = format_time(self.since)
+        if oldest is not None:
+            why = (
+                f"events 1..{oldest - 1} were removed (retention) and no snapshot taken at or before "
+                f"{since_text} covers them"
+            )
+        else:
+            why = f"the journal holds only snapshots and none was taken at or before {since_text}"
+        if later is not None:
+            when = format_time(j.snapshot_at(later))
+            what = f"mappings are known from {later.path.name} on"
+        elif oldest is not None:
+            when = format_time(self.until)
+            what = f"mappings created before seq {oldest} and still held in the window are missing"
+        else:
+            when = format_time(self.until)
+            what = "no mapping in the window can be known"
+        where = later.path if later is not None else (j.segments[0].path if j.segments else j.directory)
+        j.note("unknown_state", where, 0, 0, f"state before {when} is not known: {why}; {what}")
+        merge = j.snapshot(later) if later is not None else None
+        return (oldest if oldest is not None else 1), merge
+
     def records(self) -> Iterator[MappingRecord]:
         """Records as their mappings end, then those still held at the end of the journal (by creation)."""
         j, tracker, match = self.journal, self.tracker, self.match
         since, until = self.since, self.until
-        snap, start = j.start_point(since, partial=True)
-        tracker.seed(snap)
+        start, merge = self._start()
         pending: set[int] | None = None  # after `until`: the endpoints whose end we still wait for
         sessions: set[int] = set()  # and the sessions
         for ev in j.events(start_seq=start, progress=self.progress):
+            if merge is not None and ev.seq > merge.upto_seq:
+                tracker.merge(merge)
+                merge = None
             self.last_at_ns = ev.at_ns
             if pending is None and ev.at_ns > until:
                 pending = {k for k, r in tracker.live.items() if r.created_ns <= until and match(r)}
@@ -434,6 +499,8 @@ class WindowScan:
             for rec in tracker.apply(ev):
                 if rec.overlaps(since, until) and match(rec):
                     yield rec
+        if merge is not None:  # the read ended before the snapshot's last event (or there are no events)
+            tracker.merge(merge)
         if pending is None:
             pending = {k for k, r in tracker.live.items() if r.created_ns <= until and match(r)}
         yield from sorted((tracker.live[k] for k in pending), key=lambda r: (r.created_ns, r.ext_key))
@@ -586,18 +653,25 @@ def export_row(r: MappingRecord, fingerprint: str | None) -> dict[str, Any]:
 def cmd_export(args: argparse.Namespace) -> int:
     since, until = _window(args)
     j = _open(args)
+    tmp: Path | None = None  # the output goes here first, renamed to -o FILE once the scan succeeded
     if args.output and args.output != "-":
         target = Path(args.output).resolve()
-        if target.parent == j.directory.resolve():
+        if target == j.directory.resolve() or j.directory.resolve() in target.parents:
             raise UsageError(
                 f"{args.output}: write the export outside the journal directory (it is read-only)"
             )
-        out: IO[str] = open(args.output, "w", newline="", encoding="utf-8")  # noqa: SIM115
+        if target.is_dir():
+            raise UsageError(f"{args.output}: is a directory; give a file name (-o day.csv)")
+        if not target.parent.is_dir():
+            raise UsageError(f"{args.output}: directory {target.parent} does not exist")
+        tmp = target.with_name(target.name + ".tmp")
+        out: IO[str] = open(tmp, "w", newline="", encoding="utf-8")  # noqa: SIM115
     else:
         out = sys.stdout
     progress = Progress("exporting", len(j.segments), progress_enabled(args))
     scan = WindowScan(j, since, until, progress=progress)
     count = 0
+    done = False
     try:
         writer = (
             csv.DictWriter(out, fieldnames=EXPORT_FIELDS, lineterminator="\n")
@@ -614,14 +688,63 @@ def cmd_export(args: argparse.Namespace) -> int:
             else:
                 out.write(json.dumps(row, separators=(",", ":")) + "\n")
             count += 1
+        done = True
     finally:
         progress.close()
-        if out is not sys.stdout:
-            out.close()
+        if tmp is not None:
+            try:
+                out.close()
+                if done:
+                    tmp.replace(Path(args.output))
+                    tmp = None
+            finally:
+                if tmp is not None:
+                    tmp.unlink(missing_ok=True)  # a failed export leaves -o FILE as it was
     _report_notes(j)
     if out is not sys.stdout:
         sys.stderr.write(f"{PROG}: wrote {count} records to {args.output}\n")
     return EXIT_OK
+
+
+# ---------------------------------------------------------------------- reindex
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    """Write the missing or stale ``.idx`` files (the one command that writes into the journal)."""
+    j = _open(args)
+    written = current = 0
+    for seg in j.segments:
+        try:
+            index = segment_index(seg.path)
+        except FileNotFoundError:
+            continue  # removed by retention meanwhile
+        on_disk = _index_on_disk(seg.path)
+        if on_disk is not None and on_disk == index and index.version == INDEX_VERSION:
+            current += 1
+            continue
+        try:
+            write_segment_index(seg.path, index)
+        except PermissionError:
+            raise UsageError(
+                f"{index_path(seg.path)}: cannot write (permission denied); run reindex as the journal's "
+                "owner (the gateway's user)"
+            ) from None
+        written += 1
+    if args.json:
+        emit_json({"segments": len(j.segments), "written": written, "current": current}, sys.stdout)
+    else:
+        sys.stdout.write(
+            f"{args.dir}: {len(j.segments)} segments: wrote {written} indexes, {current} already current\n"
+        )
+    return EXIT_OK
+
+
+def _index_on_disk(path: Path) -> SegmentIndex | None:
+    """The segment's ``.idx`` as stored, or None if absent or unreadable."""
+    try:
+        return msgspec.msgpack.decode(index_path(path).read_bytes(), type=SegmentIndex)
+    except (OSError, msgspec.DecodeError):
+        return None
 
 
 # ---------------------------------------------------------------------- command line
@@ -641,12 +764,16 @@ def build_parser() -> Parser:
     parser = Parser(
         prog=PROG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=wrap("Answer abuse-desk questions from a gw journal (read-only)."),
+        description=wrap(
+            "Answer abuse-desk questions from a gw journal. Read-only: who, client and export never write "
+            "into the journal directory; only reindex writes, and only the .idx audit index files."
+        ),
         epilog=f"""examples:
   {PROG} /var/lib/gw/journal who 198.51.100.2:40001/udp --at 2026-11-23T10:02:17Z
   {PROG} /var/lib/gw/journal who 198.51.100.2:40001 --at 1795000000.5 --json
   {PROG} /var/lib/gw/journal client alice --from 2026-11-23T00:00:00Z --to 2026-11-24T00:00:00Z
   {PROG} /var/lib/gw/journal export --from 2026-11-23T00:00:00Z --to 2026-11-23T12:00:00Z -o nov23.csv
+  {PROG} /var/lib/gw/journal reindex      (the only command that writes: .idx files)
 
 times: RFC 3339 with a UTC offset (2026-11-23T10:02:17Z, 2026-11-23T11:02:17.250+01:00) or epoch
 seconds (1795000000.5). A mapping holds its public endpoint over [created, expired).
@@ -712,6 +839,22 @@ exit status: 0 answered, 1 nobody held it / corrupt journal, 2 bad usage or no j
     export.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     add_common_options(export, sub=True)
     export.set_defaults(func=cmd_export)
+
+    reindex = sub.add_parser(
+        "reindex",
+        help="write missing audit indexes (.idx); the only command that writes",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=wrap(
+            "Write the per-segment audit index (<segment>.idx) of every segment that has none or a stale "
+            "one, so that who skips segments without decompressing them. The gateway writes these itself "
+            "when it closes a segment; run this once for journals written before it did, as the journal's "
+            "owner. This is the only gw-audit or gw-replay command that writes into the journal directory, "
+            "and it writes nothing but .idx files (the other commands build missing indexes in memory)."
+        ),
+        epilog=f"example:\n  {PROG} DIR reindex\n--json: one JSON document {{segments, written, current}}",
+    )
+    add_common_options(reindex, sub=True)
+    reindex.set_defaults(func=cmd_reindex)
     return parser
 
 

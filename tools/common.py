@@ -6,8 +6,11 @@ The tools never write to a journal. ``Journal`` lists segments and snapshots by 
 ``journal.frames`` (skipping frames outside a time window by their headers, without decompressing
 them), checks that seq grows by exactly one across the frames it reads, and turns bad data into either
 an error (strict, the default) or a ``Note`` (``--salvage``), as ``journal.segments.SegmentReader`` does.
-A torn tail at the end of the newest segment is a note, left in place. Derived per-segment indexes
-(``journal.index``) are written next to the segments only when the directory is writable.
+A torn tail at the end of the newest segment is a note, left in place. An empty segment (a torn first
+frame cut to nothing by recovery) is clean and holds no frames. Per-segment audit indexes
+(``journal.index``) are read when the writer left a current one next to the segment, else built in
+memory and kept for the life of the process; nothing is ever written into the journal directory (only
+``gw-audit DIR reindex`` writes, and only ``.idx`` files).
 
 Time and seq: segments are found by time through the ``min_at_ns`` of their first frame header (one
 48-byte read each, binary search). That assumes the wall clock grows with seq, as the gateway writes
@@ -76,11 +79,14 @@ __all__ = [
     "format_endpoint",
     "format_time",
     "parse_endpoint",
+    "parse_port",
     "parse_proto",
     "parse_time",
+    "port_arg",
     "print_table",
     "proto_name",
     "run_tool",
+    "segment_index",
     "wrap",
 ]
 
@@ -100,9 +106,13 @@ PROGRESS_INTERVAL_S = 0.1  # redraw at most ten times a second
 
 
 _RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})"
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})",
+    re.ASCII,
 )
-_EPOCH = re.compile(r"(\d{1,12})(?:\.(\d{1,9}))?")
+_EPOCH = re.compile(r"(\d{1,12})(?:\.(\d{1,9}))?", re.ASCII)
+_PORT = re.compile(r"[0-9]{1,5}")
+TIME_MIN_NS = 0  # 1970-01-01T00:00:00Z
+TIME_MAX_NS = 253_402_300_800 * NS - 1  # 9999-12-31T23:59:59.999999999Z
 _TIME_HELP = (
     "write RFC 3339 with a UTC offset (2026-11-23T10:02:17Z, 2026-11-23T11:02:17.25+01:00) "
     "or epoch seconds (1795000000.5)"
@@ -116,10 +126,10 @@ def parse_time(text: str) -> int:
     """
     text = text.strip()
     if m := _EPOCH.fullmatch(text):
-        return int(m.group(1)) * NS + int((m.group(2) or "").ljust(9, "0") or 0)
+        return _in_range(text, int(m.group(1)) * NS + int((m.group(2) or "").ljust(9, "0") or 0))
     m = _RFC3339.fullmatch(text)
     if m is None:
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?", text):
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?", text, re.ASCII):
             raise UsageError(f"bad time {text!r}: add a UTC offset, e.g. {text}Z")
         raise UsageError(f"bad time {text!r}: {_TIME_HELP}")
     year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
@@ -130,19 +140,42 @@ def parse_time(text: str) -> int:
         raise UsageError(f"bad time {text!r}: {exc}") from None
     shift = 0
     if offset not in ("Z", "z"):
-        sign = 1 if offset[0] == "+" else -1
-        shift = sign * (int(offset[1:3]) * 3600 + int(offset[4:6]) * 60)
+        off_h, off_m = int(offset[1:3]), int(offset[4:6])
+        if off_h > 23 or off_m > 59:
+            raise UsageError(
+                f"bad time {text!r}: UTC offset {offset} is not -23:59..+23:59 (write e.g. +01:00 or Z)"
+            )
+        shift = (1 if offset[0] == "+" else -1) * (off_h * 3600 + off_m * 60)
     seconds = int(when.timestamp()) - shift
-    return seconds * NS + int(frac.ljust(9, "0") or 0)
+    return _in_range(text, seconds * NS + int(frac.ljust(9, "0") or 0))
+
+
+def _in_range(text: str, at_ns: int) -> int:
+    """``at_ns`` if it lies in 1970-01-01T00:00:00Z..9999-12-31T23:59:59Z; else UsageError."""
+    if not TIME_MIN_NS <= at_ns <= TIME_MAX_NS:
+        raise UsageError(
+            f"bad time {text!r}: outside 1970-01-01T00:00:00Z..9999-12-31T23:59:59Z "
+            f"(epoch seconds 0..{TIME_MAX_NS // NS})"
+        )
+    return at_ns
 
 
 def format_time(at_ns: int | None) -> str:
-    """ns since the epoch -> '2026-11-23T10:02:17.123Z' (UTC, milliseconds); '-' for None."""
+    """ns since the epoch -> '2026-11-23T10:02:17.123Z' (UTC, milliseconds); '-' for None.
+
+    Raises nothing: a time a datetime cannot hold (before year 1, after 9999) comes out as '<n>ns'.
+    """
     if at_ns is None:
         return "-"
     seconds, rest = divmod(at_ns, NS)
-    when = dt.datetime.fromtimestamp(seconds, dt.UTC)
+    try:
+        when = _EPOCH_DT + dt.timedelta(seconds=seconds)
+    except (OverflowError, ValueError):
+        return f"{at_ns}ns"
     return f"{when:%Y-%m-%dT%H:%M:%S}.{rest // 1_000_000:03d}Z"
+
+
+_EPOCH_DT = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def format_duration(ns: int) -> str:
@@ -171,14 +204,14 @@ def parse_proto(text: str) -> int:
     name = text.strip().lower()
     if name in PROTO_NUMBERS:
         return PROTO_NUMBERS[name]
-    if name.isdigit() and int(name) in PROTO_NAMES:
+    if name.isascii() and name.isdigit() and int(name) in PROTO_NAMES:
         return int(name)
     raise UsageError(f"unknown protocol {text!r}: use udp, tcp or icmp")
 
 
 def parse_endpoint(text: str) -> tuple[int, int, int | None]:
     """'198.51.100.2:40001[/udp]' -> (address, port, protocol or None). Raises UsageError."""
-    rest, _, proto_text = text.partition("/")
+    rest, slash, proto_text = text.partition("/")
     addr_text, sep, port_text = rest.rpartition(":")
     hint = "write ADDR:PORT[/udp|tcp|icmp], e.g. 198.51.100.2:40001/udp (for ICMP the port is the echo id)"
     if not sep or not addr_text:
@@ -187,10 +220,29 @@ def parse_endpoint(text: str) -> tuple[int, int, int | None]:
         addr = inet.aton(addr_text)
     except ValueError:
         raise UsageError(f"bad endpoint {text!r}: {addr_text!r} is not an IPv4 address; {hint}") from None
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise UsageError(f"bad endpoint {text!r}: port {port_text!r} is not 0-65535; {hint}")
-    proto = parse_proto(proto_text) if proto_text else None
-    return addr, int(port_text), proto
+    try:
+        port = parse_port(port_text)
+    except ValueError:
+        raise UsageError(f"bad endpoint {text!r}: port {port_text!r} is not 0-65535; {hint}") from None
+    if slash and not proto_text:
+        raise UsageError(f"bad endpoint {text!r}: nothing after '/'; {hint}")
+    proto = parse_proto(proto_text) if slash else None
+    return addr, port, proto
+
+
+def parse_port(text: str) -> int:
+    """'40001' -> 40001: ASCII digits, 0-65535. Raises ValueError."""
+    if not _PORT.fullmatch(text) or int(text) > 65535:
+        raise ValueError(f"{text!r} is not a port number (0-65535)")
+    return int(text)
+
+
+def port_arg(text: str) -> int:
+    """argparse ``type=`` for a port: 0-65535, ASCII digits."""
+    try:
+        return parse_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def format_endpoint(addr: int, port: int, proto: int | None = None) -> str:
@@ -359,7 +411,6 @@ class Journal:
         *,
         salvage: bool = False,
         progress: bool = False,
-        write_index: bool | None = None,
     ) -> None:
         path = Path(directory)
         if not path.exists():
@@ -383,7 +434,6 @@ class Journal:
         self.snapshots: list[SnapshotInfo] = list_snapshots(path)
         if not self.segments and not self.snapshots:
             raise UsageError(f"{path}: holds no journal (no seg-*.gwj or snap-*.gws files)")
-        self.write_index = os.access(path, os.W_OK) if write_index is None else write_index
         self.notes: list[Note] = []
         self._noted: set[tuple[str, str, int]] = set()
         self._dctx = new_decompressor()
@@ -476,10 +526,13 @@ class Journal:
             finally:
                 os.close(fd)
             self._headers[i] = found
-            expected = [seg.first_seq] + [h.last_seq + 1 for h in found[:-1]]
-            self._clean[i] = offset == size and all(
-                h.first_seq == e for h, e in zip(found, expected, strict=True)
-            )
+            clean, expected = offset == size, seg.first_seq  # an empty segment is clean, with no frames
+            for h in found:
+                if not clean or h.first_seq != expected:
+                    clean = False
+                    break
+                expected = h.last_seq + 1
+            self._clean[i] = clean
         return self._headers[i]
 
     def chunks(self, i: int) -> list[Chunk]:
@@ -525,9 +578,9 @@ class Journal:
         return self._frames[(i, n)]
 
     def index(self, i: int) -> SegmentIndex:
-        """Segment i's audit index (journal.index), rebuilt when missing or stale; written if we may."""
+        """Segment i's audit index (journal.index): the writer's ``.idx`` if current, else built in memory."""
         if i not in self._indexes:
-            self._indexes[i] = load_or_build_index(self.segments[i].path, write=self.write_index)
+            self._indexes[i] = segment_index(self.segments[i].path)
         return self._indexes[i]
 
     # -- reading frames ------------------------------------------------------------------------------
@@ -713,14 +766,10 @@ class Journal:
                 return h.first_seq
         return self.seq_end(k)
 
-    def start_point(self, at_ns: int, *, partial: bool = False) -> tuple[Snapshot | None, int]:
-        """Where the fold for "state at at_ns" starts: the newest whole snapshot taken at or before it
-        (None: the start of the journal) and the first seq to fold after it.
-
-        When older segments were removed (retention) and no snapshot is that old, the state cannot be
-        known: with ``partial`` (or salvage) the fold starts at the oldest segment and a note says what
-        is missing; otherwise JournalGapError.
-        """
+    def known_start(self, at_ns: int) -> tuple[Snapshot | None, int] | None:
+        """Where a fold that knows the whole state at ``at_ns`` starts: the newest whole snapshot taken at
+        or before it (None: the start of the journal) and the first seq to fold after it; None when the
+        state there cannot be known (older events removed, or only later snapshots). Notes nothing."""
         bound = self.seq_bound(at_ns)
         oldest = self.segments[0].first_seq if self.segments else 1
         for info in reversed(self.snapshots):
@@ -734,7 +783,34 @@ class Journal:
                 snap = self.snapshot(info)
                 if snap is not None and snap.at_ns <= at_ns:
                     return snap, snap.upto_seq + 1
-        if self.segments and oldest > 1:
+            return None
+        return (None, 1) if oldest == 1 else None
+
+    def start_point(self, at_ns: int, *, partial: bool = False) -> tuple[Snapshot | None, int]:
+        """Where the fold for "state at at_ns" starts: the newest whole snapshot taken at or before it
+        (None: the start of the journal) and the first seq to fold after it.
+
+        When older segments were removed (retention) and no snapshot is that old, the state cannot be
+        known: with ``partial`` (or salvage) the fold starts at the oldest segment and a note says what
+        is missing; otherwise JournalGapError. A journal of snapshots only, all taken after ``at_ns``,
+        starts empty with a note.
+        """
+        found = self.known_start(at_ns)
+        if found is not None:
+            return found
+        oldest = self.segments[0].first_seq if self.segments else 1
+        if not self.segments:
+            first = self.snapshots[0]
+            self.note(
+                "gap",
+                first.path,
+                0,
+                0,
+                f"state before {format_time(self.snapshot_at(first))} is not known: the journal holds only "
+                f"snapshots and none was taken at or before {format_time(at_ns)}",
+            )
+            return None, 1
+        if oldest > 1:
             path = self.segments[0].path
             usable = [i for i in self.snapshots if i.upto_seq + 1 >= oldest]
             hint = f"; the oldest snapshot is {usable[0].path.name}" if usable else ""
@@ -756,7 +832,26 @@ class Journal:
                 f"before seq {oldest} are not known here{hint}",
             )
             return None, oldest
-        return None, 1
+        return None, 1  # not reached: known_start answers every journal that starts at seq 1
+
+    def snapshot_at(self, info: SnapshotInfo) -> int | None:
+        """When a snapshot was taken (None if it is unreadable)."""
+        snap = self.snapshot(info)
+        return None if snap is None else snap.at_ns
+
+
+_INDEXES: dict[tuple[str, int, int], SegmentIndex] = {}  # (path, size, mtime) -> index, for this process
+
+
+def segment_index(path: Path) -> SegmentIndex:
+    """A segment's audit index: its ``.idx`` file when current, else built in memory (never written);
+    cached for the process by path, size and mtime."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    index = _INDEXES.get(key)
+    if index is None:
+        index = _INDEXES[key] = load_or_build_index(path, write=False)
+    return index
 
 
 # ---------------------------------------------------------------------- mapping intervals
@@ -861,6 +956,15 @@ class Tracker:
             self.sessions[s.session] = s
         for rec in records_from_snapshot(snap):
             self._open(rec)
+
+    def merge(self, snap: Snapshot) -> None:
+        """Add what a snapshot knows and this tracker does not (it started where the state was unknown):
+        its live mappings on endpoints not held here, and its sessions."""
+        for s in snap.sessions:
+            self.sessions.setdefault(s.session, s)
+        for rec in records_from_snapshot(snap):
+            if rec.ext_key not in self.live:
+                self._open(rec)
 
     def _open(self, rec: MappingRecord) -> None:
         self.live[rec.ext_key] = rec

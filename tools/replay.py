@@ -66,6 +66,7 @@ from tools.common import (
     format_time,
     parse_proto,
     parse_time,
+    port_arg,
     print_table,
     progress_enabled,
     proto_name,
@@ -479,7 +480,7 @@ def verify_journal(
     directory: str | Path, reuse_delay_s: float = PORT_REUSE_DELAY_S, progress: Progress | None = None
 ) -> tuple[list[Finding], dict[str, Any]]:
     """Check every frame and the NAT's invariants over every event; return (findings, summary)."""
-    j = Journal(directory, salvage=True, write_index=False)
+    j = Journal(directory, salvage=True)
     findings: list[Finding] = []
 
     def add(severity: str, kind: str, where: str, detail: str) -> None:
@@ -857,15 +858,35 @@ def _plot(stats: dict[str, Any], path: str) -> None:
     plt.close(fig)
 
 
+def _check_plot_target(text: str, journal_dir: Path) -> None:
+    """Before the long scan: matplotlib is there, can write this format, the directory exists and is not
+    the journal's. Raises UsageError."""
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        raise UsageError("--plot needs matplotlib: install gw[plot] (pip install 'gw[plot]')") from None
+    target = Path(text).resolve()
+    if target == journal_dir.resolve() or journal_dir.resolve() in target.parents:
+        raise UsageError(f"--plot {text}: write the plot outside the journal directory (it is read-only)")
+    if target.is_dir():
+        raise UsageError(f"--plot {text}: is a directory; give a file name (e.g. ports.png)")
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    ext = target.suffix[1:].lower()
+    if ext not in formats:
+        why = f"format {ext!r} is not one matplotlib writes" if ext else "no file extension"
+        raise UsageError(f"--plot {text}: {why}; end the name with .{' .'.join(formats)} (e.g. ports.png)")
+    if not target.parent.is_dir():
+        raise UsageError(f"--plot {text}: directory {target.parent} does not exist")
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     since = parse_time(args.since) if args.since else None
     until = parse_time(args.until) if args.until else None
-    if args.plot:
-        try:
-            import matplotlib  # noqa: F401 - fail before the long scan, not after
-        except ImportError:
-            raise UsageError("--plot needs matplotlib: install gw[plot] (pip install 'gw[plot]')") from None
+    if since is not None and until is not None and since > until:
+        raise UsageError(f"--from {args.since} is after --to {args.until}")
     j = Journal(args.dir, salvage=args.salvage)
+    if args.plot:
+        _check_plot_target(args.plot, j.directory)  # fail before the long scan, not after
     progress = Progress("reading", len(j.segments), progress_enabled(args))
     try:
         stats = collect_stats(j, since, until, progress, plot=bool(args.plot))
@@ -954,7 +975,7 @@ exit status: 0 ok, 1 problems found (verify) or a corrupt journal, 2 bad usage o
     )
     tl.add_argument("--client", metavar="NAME")
     tl.add_argument("--addr", metavar="A", help="IPv4 address: internal or external")
-    tl.add_argument("--port", metavar="P", type=int)
+    tl.add_argument("--port", metavar="P", type=port_arg, help="0-65535")
     tl.add_argument("--proto", metavar="udp|tcp|icmp")
     tl.add_argument("--from", dest="since", metavar="T")
     tl.add_argument("--to", dest="until", metavar="T")

@@ -107,7 +107,7 @@ def test_who_matches_brute_force_oracle(
                 want = [iv for q in (17, 6, 1) for iv in oracle.who(q, addr, port, at)]
             else:
                 want = oracle.who(proto, addr, port, at)
-            got = find_holders(Journal(d, write_index=False), addr, port, proto, at)
+            got = find_holders(Journal(d), addr, port, proto, at)
             assert [(g.record.proto, g.record.created_ns, g.record.end_ns) for g in got] == [
                 (iv[2].proto, iv[0], iv[1]) for iv in want
             ], f"who {addr:#x}:{port}/{proto} at {at}"

@@ -13,9 +13,10 @@ import pytest
 
 from journal import recovery
 from journal.errors import JournalError, JournalGapError
-from journal.events import MappingCreated, Snapshot
+from journal.events import MappingCreated, MappingExpired, Snapshot
+from journal.index import build_index, index_path, load_or_build_index
 from journal.segments import SegmentReader, list_segments, list_snapshots, segment_name
-from journal.writer import JournalWriter
+from journal.writer import JournalIndexWarning, JournalWriter
 
 ROOT = Path(__file__).resolve().parents[2]
 T = 1_767_225_600_000_000_000
@@ -143,7 +144,7 @@ def test_journal_directory_is_0700_and_its_files_0600(tmp_path):
         writer.flush(timeout=10)
     assert stat.S_IMODE(journal.stat().st_mode) == 0o700
     names = sorted(p.name for p in journal.iterdir())
-    assert names == ["lock", segment_name(1), "snap-00000000000000000005.gws"]
+    assert names == ["lock", segment_name(1), segment_name(1) + ".idx", "snap-00000000000000000005.gws"]
     for path in journal.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
 
@@ -183,6 +184,46 @@ def test_writer_refuses_a_torn_tail_until_recovery_cuts_it(tmp_path):
     with make_writer(tmp_path) as writer:
         writer.submit(batch(11, 1))
     assert seqs_in(tmp_path) == list(range(1, 12))
+
+
+# -- audit indexes ---------------------------------------------------------------------------------
+
+
+def test_closing_a_segment_writes_its_audit_index(tmp_path):
+    sink = Collect()
+    expiry = MappingExpired(seq=0, at_ns=0, proto=17, ext_addr=0xC6336402, ext_port=40007, reason="idle")
+    with make_writer(tmp_path, sink, batch_count=20, segment_max_bytes=1500, fsync="never") as writer:
+        for first in range(1, 301, 20):
+            events = batch(first, 20)
+            events[5] = MappingExpired(
+                **{
+                    **{f: getattr(expiry, f) for f in expiry.__struct_fields__},
+                    "seq": first + 5,
+                    "at_ns": T + (first + 5) * S,
+                }
+            )
+            writer.submit(events)
+    segments = list_segments(tmp_path)
+    assert len(segments) > 3 and sink.errors == []
+    for segment in segments:  # rotation wrote the older ones, close() the newest
+        on_disk = index_path(segment.path).read_bytes()
+        assert load_or_build_index(segment.path, write=False) == build_index(segment.path, write=False)
+        assert index_path(segment.path).read_bytes() == on_disk  # current: not rebuilt
+        assert build_index(segment.path, write=False).touches(17, 0xC6336402, 40007)
+
+
+def test_an_index_that_cannot_be_written_is_a_warning_and_the_journal_goes_on(tmp_path):
+    sink = Collect()
+    (tmp_path / (segment_name(1) + ".idx.tmp")).mkdir()  # the index write of segment 1 fails: EISDIR
+    with make_writer(tmp_path, sink, batch_count=20, segment_max_bytes=1500, fsync="never") as writer:
+        for first in range(1, 201, 20):
+            writer.submit(batch(first, 20))
+    assert seqs_in(tmp_path) == list(range(1, 201))
+    assert [type(e) for e in sink.errors] == [JournalIndexWarning]
+    assert segment_name(1) in str(sink.errors[0]) and "the journal is fine" in str(sink.errors[0])
+    assert sink.durable[-1] == 200
+    assert not index_path(tmp_path / segment_name(1)).exists()
+    assert all(index_path(s.path).exists() for s in list_segments(tmp_path)[1:])
 
 
 # -- rotation and retention ------------------------------------------------------------------------

@@ -6,12 +6,17 @@ import csv
 import io
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
+from journal import recovery
 from journal.events import MappingCreated, MappingExpired, SessionClosed, SessionOpened
-from tests.helpers.history import NS, T0, fingerprint, generate, write_journal
+from journal.frames import encode_frame
+from journal.index import build_index, index_path
+from journal.segments import segment_name, write_snapshot
+from tests.helpers.history import NS, T0, fingerprint, generate, write_journal, write_with_writer
 from tools import audit, common
 from tools.audit import EXPORT_FIELDS, main
 from tools.common import format_time
@@ -22,6 +27,11 @@ VPN_A, VPN_B = 0x0A424D02, 0x0A424D03  # 10.66.77.2, 10.66.77.3
 
 def at(seconds: float) -> int:
     return T0 + int(seconds * NS)
+
+
+def exact(at_ns: int) -> str:
+    """A time argument with full ns precision (epoch seconds)."""
+    return f"{at_ns // NS}.{at_ns % NS:09d}"
 
 
 def iso(seconds: float) -> str:
@@ -384,5 +394,296 @@ def test_audit_never_modifies_the_journal(journal, capsys):
     run(capsys, journal, "client", "bob", "--from", iso(0), "--to", iso(1000))
     code, _, err = run(capsys, journal, "export", "--from", iso(0), "--to", iso(1000))
     assert code == 0 and "torn tail of 6 bytes" in err
-    after = {p.name: p.read_bytes() for p in journal.iterdir() if not p.name.endswith(".idx")}
-    assert after == before
+    after = {p.name: p.read_bytes() for p in journal.iterdir()}
+    assert after == before  # no .idx either: missing indexes are built in memory
+
+
+# ---------------------------------------------------------------------- review fixes
+
+
+def test_an_empty_segment_left_by_recovery_is_clean_with_no_frames_for_every_command(tmp_path, capsys):
+    h = generate(3, ticks=40)
+    d = tmp_path / "j"
+    write_with_writer(d, h.events[:-5])
+    frame = encode_frame(h.events[-5:])
+    (d / segment_name(h.events[-5].seq)).write_bytes(frame[: len(frame) // 2])  # crash mid first frame
+    recovery.load(d)  # the daemon's start: the torn first frame is cut to nothing
+    assert (d / segment_name(h.events[-5].seq)).stat().st_size == 0
+    kept = h.events[:-5]
+    since, until = kept[-3].at_ns, kept[-1].at_ns + 10 * NS  # the newest segment (empty) holds this window
+    truth = [r for r in mappings_truth(kept) if r[5] <= until and (r[6] is None or r[6] > since)]
+    assert truth
+    code, out, err = run(
+        capsys, d, "export", "--from", exact(since), "--to", exact(until), "--format", "jsonl"
+    )
+    assert code == 0 and err == ""
+    got = sorted(
+        (r["postNAPTSourceTransportPort"], r["protocolIdentifier"]) for r in map(json.loads, out.splitlines())
+    )
+    assert got == sorted((r[4], r[0]) for r in truth)
+    code, out, err = run(
+        capsys, d, "--json", "client", "client0", "--from", exact(since), "--to", exact(until)
+    )
+    assert code == 0 and err == "" and "mappings" in json.loads(out)
+    held = next(r for r in truth if r[6] is None)
+    ep = f"{format_ep(held[3], held[4])}/{ {17: 'udp', 6: 'tcp', 1: 'icmp'}[held[0]] }"
+    code, out, err = run(capsys, d, "who", ep, "--at", exact(until))
+    assert code == 0 and err == "" and "still held" in out
+
+
+@pytest.mark.parametrize(
+    "when",
+    ["999999999999", "9999-12-31T23:59:59-01:00", "1969-12-31T23:59:59Z", "1970-01-01T00:30:00+01:00"],
+)
+def test_times_outside_1970_to_9999_are_a_usage_error(journal, capsys, when):
+    code, out, err = run(capsys, journal, "who", "198.51.100.2:40001/udp", "--at", when)
+    assert code == 2 and out == "" and "Traceback" not in err and err.count("\n") == 1
+    assert "outside 1970-01-01T00:00:00Z..9999-12-31T23:59:59Z" in err
+
+
+def test_times_at_the_edges_of_the_range_are_accepted():
+    assert common.parse_time("0") == 0
+    assert common.parse_time("9999-12-31T23:59:59Z") == 253_402_300_799 * NS
+    assert common.parse_time("253402300799.999999999") == common.TIME_MAX_NS
+
+
+@pytest.mark.parametrize("at_ns", [-(1 << 63), -1, 1 << 63, 253_402_300_800 * NS, 10**30])
+def test_format_time_never_raises(at_ns):
+    text = format_time(at_ns)
+    assert text.endswith("Z") or text == f"{at_ns}ns"
+    assert format_time(253_402_300_800 * NS) == f"{253_402_300_800 * NS}ns"
+
+
+@pytest.mark.parametrize("offset", ["+24:00", "-99:00", "+01:60", "+99:99"])
+def test_utc_offset_hours_are_at_most_23_and_minutes_at_most_59(journal, capsys, offset):
+    code, out, err = run(
+        capsys, journal, "who", "198.51.100.2:40001/udp", "--at", f"2026-11-18T12:40:00{offset}"
+    )
+    assert code == 2 and out == "" and f"UTC offset {offset}" in err and err.count("\n") == 1
+    assert common.parse_time("2026-11-18T12:40:00+23:59") < common.parse_time("2026-11-18T12:40:00Z")
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "expect"),
+    [
+        ("198.51.100.2:\u0664\u0660\u0660\u0660\u0661/udp", "not 0-65535"),  # Arabic-Indic digits
+        ("198.51.100.2:\u00b2/udp", "not 0-65535"),  # superscript two: isdigit() but not a number
+        ("198.51.100.2:+1/udp", "not 0-65535"),
+        ("198.51.100.2:65536", "not 0-65535"),
+        ("198.51.100.2:5/", "nothing after '/'"),
+        ("198.51.100.2:5/\u0661\u0667", "unknown protocol"),  # 17 in Arabic-Indic digits
+    ],
+)
+def test_endpoint_port_is_ascii_digits_0_to_65535_and_a_slash_needs_a_protocol(
+    journal, capsys, endpoint, expect
+):
+    code, out, err = run(capsys, journal, "who", endpoint, "--at", "1795000000")
+    assert code == 2 and out == "" and expect in err and err.count("\n") == 1 and "Traceback" not in err
+    assert common.parse_endpoint("198.51.100.2:00080/17") == (PUB, 80, 17)
+
+
+def test_epoch_seconds_are_ascii_digits(journal, capsys):
+    code, _, err = run(capsys, journal, "who", "198.51.100.2:40001/udp", "--at", "\u0661\u0667\u0669\u0665")
+    assert code == 2 and "bad time" in err
+
+
+def _snapshot_only(tmp_path: Path):
+    """A journal holding one snapshot of a generated run, taken mid-run, and no segments."""
+    h = generate(5, ticks=60, snapshot_ticks=(30,), port_range="40000-40999")
+    snap = h.snapshots[0]
+    d = tmp_path / "snaps"
+    d.mkdir()
+    write_snapshot(d, snap, fsync=False)
+    return snap, d
+
+
+def test_client_and_export_over_a_window_holding_the_only_snapshot_report_its_mappings_and_say_so(
+    tmp_path, capsys
+):
+    snap, d = _snapshot_only(tmp_path)
+    assert len(snap.proto) > 0
+    names = {s.session: s.client for s in snap.sessions}
+    client = names[snap.session[0]]
+    since, until = snap.at_ns - 600 * NS, snap.at_ns + 600 * NS
+    code, out, err = run(capsys, d, "--json", "client", client, "--from", exact(since), "--to", exact(until))
+    doc = json.loads(out)
+    held = sum(names.get(snap.session[r]) == client for r in range(len(snap.proto)))
+    assert code == 0 and len(doc["mappings"]) == held > 0
+    assert f"state before {format_time(snap.at_ns)} is not known" in err
+    assert any("is not known" in n for n in doc["notes"])
+    code, out, err = run(capsys, d, "export", "--from", exact(since), "--to", exact(until))
+    assert code == 0 and len(out.splitlines()) - 1 == len(snap.proto)
+    assert f"state before {format_time(snap.at_ns)} is not known" in err
+    # from at or after the snapshot: the state is known, no note
+    code, out, err = run(capsys, d, "export", "--from", exact(snap.at_ns), "--to", exact(until))
+    assert code == 0 and len(out.splitlines()) - 1 == len(snap.proto) and err == ""
+    # a window wholly before the snapshot: nothing can be known, and the note says so
+    code, out, err = run(capsys, d, "export", "--from", exact(since), "--to", exact(snap.at_ns - NS))
+    assert code == 0 and len(out.splitlines()) == 1 and "is not known" in err
+
+
+def test_client_window_starting_before_the_retained_segments_merges_the_snapshot_inside_it(tmp_path, capsys):
+    h = generate(5, ticks=80, snapshot_ticks=(40,), port_range="40000-40999")
+    snap = h.snapshots[0]
+    d = tmp_path / "j"
+    write_journal(d, h.events, h.snapshots, frame_events=4, segment_events=20)
+    segs = sorted(d.glob("seg-*.gwj"))
+    for seg, nxt in zip(segs, segs[1:], strict=False):
+        if int(nxt.name[4:24]) - 1 <= snap.upto_seq:
+            seg.unlink()  # retention
+    oldest = int(sorted(d.glob("seg-*.gwj"))[0].name[4:24])
+    assert oldest > 1
+    truth = mappings_truth(h.events)
+    code, out, err = run(
+        capsys, d, "export", "--from", exact(h.start_ns), "--to", exact(h.end_ns), "--format", "jsonl"
+    )
+    assert code == 0 and f"state before {format_time(snap.at_ns)} is not known" in err
+    got = {
+        (r["postNAPTSourceTransportPort"], r["protocolIdentifier"], r["flowEndMilliseconds"])
+        for r in map(json.loads, out.splitlines())
+    }
+    # every mapping still held at the snapshot or created after it is there, with its real end
+    want = {
+        (r[4], r[0], None if r[6] is None else r[6] // 1_000_000)
+        for r in truth
+        if r[6] is None or r[6] > snap.at_ns
+    }
+    assert want <= got
+
+
+def mappings_truth(events: list) -> list[tuple]:
+    """(proto, int_addr, int_port, ext_addr, ext_port, created_ns, end_ns) of every mapping, naively."""
+    live: dict = {}
+    out = []
+    for e in events:
+        if type(e) is MappingCreated:
+            live[(e.proto, e.ext_addr, e.ext_port)] = [
+                e.proto,
+                e.int_addr,
+                e.int_port,
+                e.ext_addr,
+                e.ext_port,
+                e.at_ns,
+                None,
+            ]
+        elif type(e) is MappingExpired and (rec := live.pop((e.proto, e.ext_addr, e.ext_port), None)):
+            rec[6] = e.at_ns
+            out.append(tuple(rec))
+    return out + [tuple(r) for r in live.values()]
+
+
+def _split_at_snapshot(tmp_path: Path):
+    """A journal whose second segment starts right after its snapshot's last event."""
+    h = generate(5, ticks=80, snapshot_ticks=(40,), port_range="40000-40999")
+    snap = h.snapshots[0]
+    d = tmp_path / "j"
+    k = next(n for n, e in enumerate(h.events) if e.seq > snap.upto_seq)
+    write_journal(d, h.events[:k], [snap], frame_events=4, segment_events=None)
+    write_journal(d, h.events[k:], frame_events=4, segment_events=None)
+    row = max(range(len(snap.proto)), key=lambda r: snap.created_ns[r])
+    proto = {17: "udp", 6: "tcp", 1: "icmp"}[snap.proto[row]]
+    ep = f"{format_ep(snap.ext_addr[row], snap.ext_port[row])}/{proto}"
+    return snap, d, ep
+
+
+def test_who_says_created_before_the_retained_segments_only_when_they_start_after_the_snapshot(
+    tmp_path, capsys
+):
+    snap, d, ep = _split_at_snapshot(tmp_path)
+    when = f"{snap.at_ns // NS}.{snap.at_ns % NS:09d}"
+    code, out, _ = run(capsys, d, "who", ep, "--at", when)  # every segment retained
+    assert code == 0 and "created before the retained segments" not in out
+    assert f"state from snapshot {snap_name(snap)}" in out
+    code, out, _ = run(capsys, d, "who", ep, "--at", when, "--json")
+    holder = json.loads(out)["holders"][0]
+    assert (
+        holder["source"] == snap_name(snap)
+        and holder["source_note"] == f"state from snapshot {snap_name(snap)}"
+    )
+    (d / segment_name(1)).unlink()  # retention: the segment before the snapshot goes
+    code, out, _ = run(capsys, d, "who", ep, "--at", when)
+    assert code == 0 and f"snapshot {snap_name(snap)} (created before the retained segments)" in out
+    code, out, _ = run(capsys, d, "who", ep, "--at", when, "--json")
+    assert json.loads(out)["holders"][0]["source_note"] == "created before the retained segments"
+
+
+def snap_name(snap: object) -> str:
+    return f"snap-{snap.upto_seq:020d}.gws"  # type: ignore[attr-defined]
+
+
+def test_tools_never_write_into_the_journal_and_build_missing_indexes_in_memory(tmp_path, capsys):
+    from tools import replay
+
+    h = generate(11, ticks=120, snapshot_every=20)
+    d = tmp_path / "j"
+    write_journal(d, h.events, h.snapshots, frame_events=8, segment_events=30)
+    d.chmod(0o755)
+    before = {p.name: p.stat().st_mtime_ns for p in d.iterdir()}
+    e = next(e for e in h.events if type(e) is MappingCreated)
+    ep = f"{format_ep(e.ext_addr, e.ext_port)}"
+    t = f"{e.at_ns // NS}"
+    assert run(capsys, d, "who", ep, "--at", t)[0] == 0
+    assert run(capsys, d, "client", e.client, "--from", "0", "--to", t)[0] == 0
+    assert run(capsys, d, "export", "--from", "0", "--to", t)[0] == 0
+    for argv in (["timeline"], ["state", "--at", t], ["verify"], ["stats"]):
+        assert replay.main([str(d), *argv]) == 0
+    capsys.readouterr()
+    after = {p.name: p.stat().st_mtime_ns for p in d.iterdir()}
+    assert after == before and not list(d.glob("*.idx"))
+    seg = sorted(d.glob("seg-*.gwj"))[0]
+    assert common.segment_index(seg) is common.segment_index(seg)  # built once per process
+
+
+def test_reindex_writes_the_missing_indexes_and_nothing_else(tmp_path, capsys):
+    h = generate(11, ticks=120, snapshot_every=20)
+    d = tmp_path / "j"
+    write_journal(d, h.events, h.snapshots, frame_events=8, segment_events=30)
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    code, out, err = run(capsys, d, "reindex")
+    segs = sorted(d.glob("seg-*.gwj"))
+    assert code == 0 and f"wrote {len(segs)} indexes, 0 already current" in out and err == ""
+    assert {p.name: p.read_bytes() for p in d.iterdir() if p.suffix != ".idx"} == before
+    for seg in segs:
+        assert build_index(seg, write=False) == common.segment_index(seg)
+        assert index_path(seg).exists()
+    code, out, _ = run(capsys, d, "--json", "reindex")
+    assert code == 0 and json.loads(out) == {"segments": len(segs), "written": 0, "current": len(segs)}
+    code, out, _ = run(capsys, "--help")
+    assert "reindex" in out and "only" in out
+
+
+def test_reindex_in_a_journal_it_may_not_write_is_one_line_exit_2(journal, capsys, monkeypatch):
+    from journal import writer
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(writer.os, "open", refuse)
+    code, out, err = run(capsys, journal, "reindex")
+    assert code == 2 and "permission denied" in err and err.count("\n") == 1 and out == ""
+
+
+def test_export_to_a_file_leaves_it_untouched_when_the_scan_fails(journal, tmp_path, capsys):
+    target = tmp_path / "day.csv"
+    target.write_text("yesterday's export\n")
+    seg = sorted(journal.glob("seg-*.gwj"))[0]
+    data = bytearray(seg.read_bytes())
+    data[data.find(b"GWJ1", 4) + 60] ^= 0xFF  # corrupt: the scan fails (strict mode)
+    seg.write_bytes(bytes(data))
+    code, out, err = run(capsys, journal, "export", "--from", iso(0), "--to", iso(1000), "-o", target)
+    assert code == 1 and "corrupt journal data" in err
+    assert target.read_text() == "yesterday's export\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["day.csv", "journal"])
+    code, _, err = run(
+        capsys, journal, "export", "--from", iso(0), "--to", iso(1), "-o", tmp_path / "no" / "x.csv"
+    )
+    assert code == 2 and "does not exist" in err
+
+
+def test_export_refuses_a_file_anywhere_inside_the_journal(journal, capsys):
+    (journal / "sub").mkdir()
+    code, _, err = run(
+        capsys, journal, "export", "--from", iso(0), "--to", iso(1), "-o", journal / "sub" / "x.csv"
+    )
+    assert code == 2 and "outside the journal directory" in err
+    shutil.rmtree(journal / "sub")

@@ -15,10 +15,11 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from journal import recovery
 from journal.events import MappingCreated, MappingExpired, SessionOpened
 from journal.frames import encode_frame
 from journal.segments import segment_name, write_snapshot
-from tests.helpers.history import NS, T0, History, fingerprint, generate, write_journal
+from tests.helpers.history import NS, T0, History, fingerprint, generate, write_journal, write_with_writer
 from tools.common import event_type_name, format_time
 from tools.replay import main
 
@@ -433,7 +434,7 @@ def test_stats_plot_without_matplotlib_says_install_gw_plot(journal, tmp_path, c
         (["{dir}", "state"], "--at"),
         (["{dir}", "timeline", "--proto", "gre"], "unknown protocol 'gre'"),
         (["{dir}", "timeline", "--addr", "198.51.100"], "not an IPv4 address"),
-        (["{dir}", "timeline", "--port", "x"], "invalid int value"),
+        (["{dir}", "timeline", "--port", "x"], "'x' is not a port number (0-65535)"),
         (["{dir}", "timeline", "--from", "1795000100", "--to", "1795000000"], "is after --to"),
         (["{dir}", "verify", "--reuse-delay", "soon"], "invalid float value"),
         (["{dir}", "replay"], "invalid choice"),
@@ -500,3 +501,68 @@ def test_after_retention_state_needs_a_snapshot_and_timeline_notes_what_is_missi
     )
     code, out, _ = run(capsys, d, "verify")
     assert code == 0 and "journal starts at seq" in out
+
+
+# ---------------------------------------------------------------------- review fixes
+
+
+def test_an_empty_segment_left_by_recovery_is_clean_with_no_frames_for_every_command(tmp_path, capsys):
+    h = generate(3, ticks=40)
+    d = tmp_path / "j"
+    write_with_writer(d, h.events[:-5])
+    frame = encode_frame(h.events[-5:])
+    (d / segment_name(h.events[-5].seq)).write_bytes(frame[: len(frame) // 2])  # crash mid first frame
+    recovery.load(d)  # the daemon's start: the torn first frame is cut to nothing
+    assert (d / segment_name(h.events[-5].seq)).stat().st_size == 0
+    kept = h.events[:-5]
+    code, out, err = run(capsys, d, "timeline", "--from", exact(kept[10].at_ns))
+    assert code == 0 and err == "" and len(out.splitlines()) == sum(e.at_ns >= kept[10].at_ns for e in kept)
+    code, out, err = run(capsys, d, "timeline")
+    assert code == 0 and err == "" and len(out.splitlines()) == len(kept)
+    code, out, err = run(capsys, d, "state", "--at", exact(kept[-1].at_ns + NS), "--json")
+    assert code == 0 and err == "" and json.loads(out)["upto_seq"] == kept[-1].seq
+    code, out, err = run(capsys, d, "verify")
+    assert code == 0 and "ok, 0 warnings" in out, out
+    code, out, err = run(capsys, d, "stats", "--json")
+    assert code == 0 and err == "" and json.loads(out)["events"] == len(kept)
+
+
+@pytest.mark.parametrize("when", ["999999999999", "9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00Z"])
+def test_times_outside_1970_to_9999_are_a_usage_error(journal, capsys, when):
+    code, out, err = run(capsys, journal, "state", "--at", when)
+    assert code == 2 and out == "" and "Traceback" not in err and err.count("\n") == 1
+    assert "outside 1970-01-01T00:00:00Z..9999-12-31T23:59:59Z" in err
+
+
+@pytest.mark.parametrize("port", ["70000", "65536", "-1", "\u0664\u0660"])
+def test_timeline_port_is_0_to_65535(journal, capsys, port):
+    code, out, err = run(capsys, journal, "timeline", "--port", port)
+    assert code == 2 and out == "" and "is not a port number (0-65535)" in err and err.count("\n") == 1
+
+
+def test_stats_from_after_to_is_a_usage_error(journal, capsys):
+    code, out, err = run(capsys, journal, "stats", "--from", "1795000100", "--to", "1795000000")
+    assert code == 2 and out == "" and "--from 1795000100 is after --to 1795000000" in err
+
+
+@pytest.mark.parametrize(
+    ("name", "expect"),
+    [
+        ("{tmp}/out.txt", "format 'txt' is not one matplotlib writes"),
+        ("{tmp}/out", "no file extension"),
+        ("{tmp}/nowhere/out.png", "does not exist"),
+        ("{journal}/out.png", "outside the journal directory"),
+        ("{tmp}", "is a directory"),
+    ],
+)
+def test_stats_plot_target_is_checked_before_the_scan(journal, tmp_path, capsys, monkeypatch, name, expect):
+    pytest.importorskip("matplotlib")
+    from tools import replay
+
+    monkeypatch.setattr(
+        replay, "collect_stats", lambda *a, **k: pytest.fail("scanned before checking --plot")
+    )
+    target = name.replace("{tmp}", str(tmp_path)).replace("{journal}", str(journal))
+    code, out, err = run(capsys, journal, "stats", "--plot", target)
+    assert code == 2 and out == "" and expect in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (journal / "out.png").exists()
