@@ -1069,19 +1069,17 @@ class Nat:
         self._clients.update((a, [paired[a], count, False]) for a, count in Counter(s.int_addr).items())
         for ea in paired.values():
             self._ext_clients[ea] = self._ext_clients.get(ea, 0) + 1
-        timeouts = {
-            (P.PROTO_UDP, 0): self._udp_ns,
-            (P.PROTO_ICMP, 0): self._icmp_ns,
-            (P.PROTO_TCP, TcpState.ESTABLISHED): self._tcp_est_ns,
-        }
-        transitory = self._tcp_trans_ns
-        seconds = [
-            (seen + timeouts.get((proto, state), transitory)) // NS + 1
-            for proto, state, seen in zip(s.proto, s.tcp_state, s.last_seen_ns)
-        ]
+        udp, icmp, established, transitory = self._udp_ns, self._icmp_ns, self._tcp_est_ns, self._tcp_trans_ns
         wheel: defaultdict[int, list[int]] = defaultdict(list)
-        for key, second in zip(keys, seconds):
-            wheel[second].append(key)
+        for key, proto, state, seen in zip(keys, s.proto, s.tcp_state, s.last_seen_ns):
+            if proto == 17:  # UDP, the common case, first
+                wheel[(seen + udp) // NS + 1].append(key)
+            elif proto == 6:
+                wheel[
+                    (seen + (established if state == TcpState.ESTABLISHED else transitory)) // NS + 1
+                ].append(key)
+            else:
+                wheel[(seen + icmp) // NS + 1].append(key)
         self._wheel.update(wheel)
         self._wheel_due = list(wheel)
         heapq.heapify(self._wheel_due)
