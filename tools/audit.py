@@ -62,6 +62,7 @@ from tools.common import (
     progress_enabled,
     proto_name,
     record_from_created,
+    report_notes,
     run_tool,
     segment_index,
     wrap,
@@ -372,7 +373,7 @@ def cmd_who(args: argparse.Namespace) -> int:
     at_ns = parse_time(args.at)
     j = _open(args)
     holders = find_holders(j, addr, port, proto, at_ns)
-    _report_notes(j)
+    report_notes(PROG, j)
     what = (
         format_endpoint(addr, port, proto)
         if proto is not None
@@ -551,7 +552,7 @@ def cmd_client(args: argparse.Namespace) -> int:
         records = sorted(scan.records(), key=lambda r: (r.created_ns, r.ext_key))
     finally:
         progress.close()
-    _report_notes(j)
+    report_notes(PROG, j)
     tracker = scan.tracker
     sessions = []
     for s in sorted(tracker.sessions.values(), key=lambda s: s.seq):
@@ -700,7 +701,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             finally:
                 if tmp is not None:
                     tmp.unlink(missing_ok=True)  # a failed export leaves -o FILE as it was
-    _report_notes(j)
+    report_notes(PROG, j)
     if out is not sys.stdout:
         sys.stderr.write(f"{PROG}: wrote {count} records to {args.output}\n")
     return EXIT_OK
@@ -752,11 +753,6 @@ def _index_on_disk(path: Path) -> SegmentIndex | None:
 
 def _open(args: argparse.Namespace) -> Journal:
     return Journal(args.dir, salvage=args.salvage, progress=progress_enabled(args))
-
-
-def _report_notes(j: Journal) -> None:
-    for n in j.notes:
-        sys.stderr.write(f"{PROG}: note: {n}\n")
 
 
 def build_parser() -> Parser:

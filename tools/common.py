@@ -85,6 +85,7 @@ __all__ = [
     "port_arg",
     "print_table",
     "proto_name",
+    "report_notes",
     "run_tool",
     "segment_index",
     "wrap",
@@ -341,6 +342,12 @@ def add_common_options(parser: argparse.ArgumentParser, *, sub: bool) -> None:
 
 def progress_enabled(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "progress", False)) or sys.stderr.isatty()
+
+
+def report_notes(prog: str, journal: Journal) -> None:
+    """Print what reading the journal noticed (torn tails, skipped regions, unknown start states) on stderr."""
+    for note in journal.notes:
+        sys.stderr.write(f"{prog}: note: {note}\n")
 
 
 def run_tool(prog: str, parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:

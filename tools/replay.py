@@ -16,6 +16,9 @@ Theory of operation
   events before it.
 - ``stats`` counts events, follows live mappings per client and per public address for their peaks,
   and summarizes mapping lifetimes; ``--plot`` draws them with matplotlib (``pip install 'gw[plot]'``).
+
+``verify`` and ``stats`` live in ``tools/verify.py`` and ``tools/stats.py``; this module holds the other
+two commands and the command line.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -48,15 +50,12 @@ from journal.events import (
     SnapshotTaken,
 )
 from journal.frames import decode_frame, decode_header, new_decompressor, next_frame_offset
-from journal.segments import SEGMENT_RE, SegmentReader, read_snapshot
+from journal.segments import SEGMENT_RE
 from tools.common import (
     EXIT_OK,
-    EXIT_PROBLEM,
-    NS,
     Journal,
     MappingRecord,
     Parser,
-    Progress,
     Tracker,
     add_common_options,
     emit_json,
@@ -68,18 +67,18 @@ from tools.common import (
     parse_time,
     port_arg,
     print_table,
-    progress_enabled,
     proto_name,
+    report_notes,
     run_tool,
     wrap,
 )
+from tools.stats import cmd_stats
+from tools.verify import cmd_verify
 
-__all__ = ["main", "state_at", "verify_journal"]
+__all__ = ["main", "state_at"]
 
 PROG = "gw-replay"
 FOLLOW_POLL_S = 0.5  # how often --follow looks for new frames
-LIFETIME_BUCKETS_S = (1, 10, 60, 300, 900, 3600, 7440, 6 * 3600, 86400)  # histogram edges (UDP 300, TCP 7440)
-PLOT_MAX_POINTS = 200_000  # per series: beyond this the plot is sampled evenly (a PNG cannot show more)
 _ADDR_FIELDS = ("int_addr", "ext_addr", "vpn_addr")
 
 
@@ -268,7 +267,7 @@ def cmd_timeline(args: argparse.Namespace) -> int:
     for ev in j.events(since=since, until=until, start_seq=last_seq + 1 if last_seq else None):
         _emit(ev, tracker, keep, args, out)
         last_seq = ev.seq
-    _report_notes(j)
+    report_notes(PROG, j)
     if args.follow:
         try:
             out.flush()
@@ -325,7 +324,7 @@ def _follow(
                         raise JournalCorruptError(path, offset, exc.detail) from None
                     resume = next_frame_offset(buf, offset + 1, whole=True, dctx=dctx)
                     j.note("skipped", path, offset, 0, f"skipped bad data at offset {offset}: {exc.detail}")
-                    _report_notes(j)
+                    report_notes(PROG, j)
                     if resume is None:
                         break
                     offset = resume
@@ -387,7 +386,7 @@ def cmd_state(args: argparse.Namespace) -> int:
     at_ns = parse_time(args.at)
     j = Journal(args.dir, salvage=args.salvage)
     nat, sessions, upto, snap_name = state_at(j, at_ns)
-    _report_notes(j)
+    report_notes(PROG, j)
     mappings = sorted(nat.mappings(), key=lambda m: (m.ext_key, m.key))
     open_sessions = [(vpn, s, name) for vpn, (s, name) in nat.table_state()[2]]
     if args.json:
@@ -463,476 +462,7 @@ def cmd_state(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# ---------------------------------------------------------------------- verify
-
-
-class Finding(msgspec.Struct, frozen=True):
-    """One thing verify reports: a problem (exit 1) or a warning."""
-
-    severity: str  # "problem" | "warning"
-    kind: str  # corrupt | gap | torn_tail | bad_snapshot | double_held | double_internal | orphan_expiry |
-    #            early_reuse | snapshot_mismatch | time_backwards | start
-    where: str  # file, or seq
-    detail: str
-
-
-def verify_journal(
-    directory: str | Path, reuse_delay_s: float = PORT_REUSE_DELAY_S, progress: Progress | None = None
-) -> tuple[list[Finding], dict[str, Any]]:
-    """Check every frame and the NAT's invariants over every event; return (findings, summary)."""
-    j = Journal(directory, salvage=True)
-    findings: list[Finding] = []
-
-    def add(severity: str, kind: str, where: str, detail: str) -> None:
-        findings.append(Finding(severity, kind, where, detail))
-
-    reuse_ns = int(reuse_delay_s * NS)
-    first_seq = j.segments[0].first_seq if j.segments else None
-    snaps = {}
-    for info in j.snapshots:
-        try:
-            snaps[info.upto_seq] = (info.path.name, read_snapshot(info.path))
-        except JournalCorruptError as exc:
-            add("problem", "bad_snapshot", info.path.name, f"{exc.detail} (byte {exc.offset})")
-        except OSError as exc:
-            add("problem", "bad_snapshot", info.path.name, f"cannot read: {exc.strerror}")
-    # A journal that does not start at seq 1 (retention) starts from the oldest snapshot covering its start.
-    seed_upto = None
-    if first_seq is not None and first_seq > 1:
-        covering = [u for u in sorted(snaps) if u >= first_seq - 1]
-        if covering:
-            seed_upto = covering[0]
-            add(
-                "warning",
-                "start",
-                j.segments[0].path.name,
-                f"journal starts at seq {first_seq} (older segments removed); mappings created before it are "
-                f"taken from {snaps[seed_upto][0]}",
-            )
-        else:
-            add(
-                "problem",
-                "gap",
-                j.segments[0].path.name,
-                f"journal starts at seq {first_seq} and no snapshot covers events 1..{first_seq - 1}",
-            )
-
-    live: dict[int, tuple[int, int]] = {}  # ext key -> (seq created, int key)
-    by_int: dict[int, int] = {}  # int key -> ext key
-    resting: dict[int, tuple[int, int]] = {}  # ext key -> (until ns, seq of the expiry)
-    counts = 0
-    last_seq = None
-    last_at = None
-    backwards = 0
-    reader = SegmentReader(directory, salvage=True)
-    current = None
-
-    def check_snapshot(upto: int) -> None:
-        name, snap = snaps[upto]
-        theirs = {
-            p << 48 | a << 16 | o for p, a, o in zip(snap.proto, snap.ext_addr, snap.ext_port, strict=False)
-        }
-        if upto == seed_upto:
-            for p, ia, ip, key in zip(snap.proto, snap.int_addr, snap.int_port, theirs, strict=False):
-                if key not in live:
-                    live[key] = (0, p << 48 | ia << 16 | ip)
-                    by_int[p << 48 | ia << 16 | ip] = key
-            for p, a, o, until in zip(
-                snap.rest_proto, snap.rest_ext_addr, snap.rest_ext_port, snap.rest_until_ns, strict=False
-            ):
-                resting.setdefault(p << 48 | a << 16 | o, (until, 0))
-            return
-        ours = set(live)
-        if ours != theirs:
-            only_snap, only_events = sorted(theirs - ours), sorted(ours - theirs)
-            sample = ", ".join(_key_text(k) for k in (only_snap + only_events)[:3])
-            add(
-                "problem",
-                "snapshot_mismatch",
-                name,
-                f"disagrees with the events up to seq {upto}: {len(only_snap)} mappings only in the "
-                f"snapshot, "
-                f"{len(only_events)} only in the events (e.g. {sample})",
-            )
-
-    if seed_upto is not None and first_seq is not None and seed_upto == first_seq - 1:
-        check_snapshot(seed_upto)
-    for frame in reader.frames():
-        if progress is not None and frame.path != current:
-            current = frame.path
-            progress.advance()
-        for ev in frame.events:
-            counts += 1
-            t = type(ev)
-            if last_at is not None and ev.at_ns < last_at:
-                backwards += 1
-                if backwards <= 10:
-                    add(
-                        "warning",
-                        "time_backwards",
-                        f"seq {ev.seq}",
-                        f"at {format_time(ev.at_ns)} is before the previous event ({format_time(last_at)})",
-                    )
-            last_at, last_seq = ev.at_ns, ev.seq
-            trusted = seed_upto is None or ev.seq > seed_upto
-            if t is MappingCreated:
-                key = ev.proto << 48 | ev.ext_addr << 16 | ev.ext_port
-                int_key = ev.proto << 48 | ev.int_addr << 16 | ev.int_port
-                what = f"{format_endpoint(ev.ext_addr, ev.ext_port, ev.proto)}"
-                if key in live:
-                    add(
-                        "problem",
-                        "double_held",
-                        f"seq {ev.seq}",
-                        f"{what} given to {format_endpoint(ev.int_addr, ev.int_port)} "
-                        f"({ev.client or '-'}) at "
-                        f"{format_time(ev.at_ns)} while still held since seq {live[key][0]}",
-                    )
-                if int_key in by_int:
-                    add(
-                        "problem",
-                        "double_internal",
-                        f"seq {ev.seq}",
-                        f"{format_endpoint(ev.int_addr, ev.int_port, ev.proto)} mapped again to {what} while "
-                        f"mapped to {_key_text(by_int[int_key])}",
-                    )
-                rest = resting.get(key)
-                if rest is not None and ev.at_ns < rest[0] and key not in live:
-                    add(
-                        "problem",
-                        "early_reuse",
-                        f"seq {ev.seq}",
-                        f"{what} handed out again at {format_time(ev.at_ns)}, "
-                        f"{format_duration(ev.at_ns - (rest[0] - reuse_ns))} after it was freed "
-                        f"(seq {rest[1]}); "
-                        f"the reuse delay is {reuse_delay_s:g} s",
-                    )
-                live[key] = (ev.seq, int_key)
-                by_int[int_key] = key
-            elif t is MappingExpired:
-                key = ev.proto << 48 | ev.ext_addr << 16 | ev.ext_port
-                held = live.pop(key, None)
-                if held is None:
-                    if trusted:
-                        add(
-                            "problem",
-                            "orphan_expiry",
-                            f"seq {ev.seq}",
-                            f"{format_endpoint(ev.ext_addr, ev.ext_port, ev.proto)} expires ({ev.reason}) at "
-                            f"{format_time(ev.at_ns)} but no live mapping holds it",
-                        )
-                else:
-                    if by_int.get(held[1]) == key:
-                        del by_int[held[1]]
-                    resting[key] = (ev.at_ns + reuse_ns, ev.seq)
-            if ev.seq in snaps:
-                check_snapshot(ev.seq)
-    if backwards > 10:
-        add("warning", "time_backwards", "", f"{backwards - 10} more events go back in time")
-    for upto, (name, _) in snaps.items():
-        if last_seq is not None and upto > last_seq:
-            add(
-                "problem",
-                "bad_snapshot",
-                name,
-                f"covers up to seq {upto} but the journal ends at seq {last_seq}",
-            )
-    for n in reader.notes:
-        kind = {"skipped": "corrupt"}.get(n.kind, n.kind)
-        severity = "warning" if n.kind == "torn_tail" else "problem"
-        add(severity, kind, f"{Path(n.path).name} offset {n.offset}", n.detail)
-    summary = {
-        "directory": str(directory),
-        "segments": len(j.segments),
-        "snapshots": len(j.snapshots),
-        "events": counts,
-        "first_seq": first_seq,
-        "last_seq": last_seq,
-        "live_mappings_at_end": len(live),
-        "reuse_delay_s": reuse_delay_s,
-        "problems": sum(f.severity == "problem" for f in findings),
-        "warnings": sum(f.severity == "warning" for f in findings),
-    }
-    order = {"problem": 0, "warning": 1}
-    findings.sort(key=lambda f: order[f.severity])
-    return findings, summary
-
-
-def _key_text(key: int) -> str:
-    return format_endpoint(key >> 16 & 0xFFFFFFFF, key & 0xFFFF, key >> 48)
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    Journal(args.dir)  # usage errors (no directory, no journal) before the long read
-    total = len(list(Path(args.dir).glob("seg-*.gwj")))
-    progress = Progress("verifying", total, progress_enabled(args))
-    try:
-        findings, summary = verify_journal(args.dir, args.reuse_delay, progress)
-    finally:
-        progress.close()
-    if args.json:
-        emit_json(
-            {
-                "ok": summary["problems"] == 0,
-                "summary": summary,
-                "findings": [msgspec.structs.asdict(f) for f in findings],
-            },
-            sys.stdout,
-        )
-    else:
-        out = sys.stdout
-        seqs = (
-            f"seq {summary['first_seq']}..{summary['last_seq']}"
-            if summary["last_seq"] is not None
-            else "no events"
-        )
-        out.write(
-            f"{summary['directory']}: {summary['segments']} segments, {summary['events']} events ({seqs}), "
-            f"{summary['snapshots']} snapshots\n"
-        )
-        for f in findings:
-            where = f"{f.where}: " if f.where else ""
-            out.write(f"{f.severity.upper():<8} {f.kind:<17} {where}{f.detail}\n")
-        verdict = "ok" if not summary["problems"] else f"{summary['problems']} problems"
-        out.write(f"{verdict}, {summary['warnings']} warnings\n")
-    return EXIT_OK if summary["problems"] == 0 else EXIT_PROBLEM
-
-
-# ---------------------------------------------------------------------- stats
-
-
-def _percentile(sorted_values: list[int], q: float) -> int:
-    """Nearest-rank percentile of a sorted list."""
-    if not sorted_values:
-        return 0
-    rank = max(1, min(len(sorted_values), int(-(-q * len(sorted_values) // 100))))
-    return sorted_values[rank - 1]
-
-
-def collect_stats(
-    j: Journal, since: int | None, until: int | None, progress: Progress | None = None, plot: bool = False
-) -> dict[str, Any]:
-    """Counts, peaks and lifetimes over the window (the whole journal without one)."""
-    lo = -(1 << 63) if since is None else since
-    hi = (1 << 63) - 1 if until is None else until
-    counts: Counter[str] = Counter()
-    live_client: Counter[str] = Counter()
-    live_addr: Counter[int] = Counter()
-    peak_client: dict[str, tuple[int, int]] = {}
-    peak_addr: dict[int, tuple[int, int]] = {}
-    lifetimes: list[int] = []
-    series: dict[int, list[tuple[int, int]]] = defaultdict(list)  # ext addr -> (at, live) at each change
-    scatter: list[tuple[int, int, int]] = []  # (created, ext port, proto)
-    inside = [since is None]
-    now = [lo]
-
-    def bump(rec: MappingRecord, d: int) -> None:
-        client = rec.client or "(no session)"
-        live_client[client] += d
-        live_addr[rec.ext_addr] += d
-        if inside[0] and d > 0:
-            if live_client[client] > peak_client.get(client, (0, 0))[0]:
-                peak_client[client] = (live_client[client], now[0])
-            if live_addr[rec.ext_addr] > peak_addr.get(rec.ext_addr, (0, 0))[0]:
-                peak_addr[rec.ext_addr] = (live_addr[rec.ext_addr], now[0])
-        if inside[0] and plot:
-            series[rec.ext_addr].append((now[0], live_addr[rec.ext_addr]))
-
-    tracker = Tracker(on_open=lambda r: bump(r, 1))
-    start = j.segments[0].first_seq if j.segments else None  # after retention: from the oldest segment
-    if since is not None:
-        snap, start = j.start_point(since, partial=True)
-        now[0] = snap.at_ns if snap is not None else lo
-        tracker.seed(snap)
-    first_at = last_at = None
-    for ev in j.events(start_seq=start, progress=progress):
-        if ev.at_ns > hi:
-            break
-        if not inside[0] and ev.at_ns >= lo:
-            inside[0] = True
-            now[0] = lo
-            for client, n in live_client.items():
-                if n:
-                    peak_client[client] = (n, lo)
-            for addr, n in live_addr.items():
-                if n:
-                    peak_addr[addr] = (n, lo)
-                    if plot:
-                        series[addr].append((lo, n))
-        now[0] = ev.at_ns
-        closed = tracker.apply(ev)
-        for rec in closed:
-            bump(rec, -1)
-        if not inside[0]:
-            continue
-        counts[event_type_name(ev)] += 1
-        first_at = ev.at_ns if first_at is None else first_at
-        last_at = ev.at_ns
-        for rec in closed:
-            if rec.end_ns is not None:
-                lifetimes.append(rec.end_ns - rec.created_ns)
-        if plot and type(ev) is MappingCreated:
-            scatter.append((ev.at_ns, ev.ext_port, ev.proto))
-    lifetimes.sort()
-    return {
-        "from": format_time(since) if since is not None else format_time(first_at),
-        "to": format_time(until) if until is not None else format_time(last_at),
-        "events": sum(counts.values()),
-        "counts": dict(sorted(counts.items())),
-        "peak_per_client": {
-            c: {"live": n, "at": format_time(at)} for c, (n, at) in sorted(peak_client.items())
-        },
-        "peak_per_address": {
-            inet.ntoa(a): {"live": n, "at": format_time(at)} for a, (n, at) in sorted(peak_addr.items())
-        },
-        "live_at_end": len(tracker.live),
-        "lifetimes": {
-            "count": len(lifetimes),
-            **{f"p{q}_s": _percentile(lifetimes, q) / NS for q in (50, 90, 99)},
-            "max_s": (lifetimes[-1] / NS) if lifetimes else 0,
-            "histogram": _histogram(lifetimes),
-        },
-        "_series": series,
-        "_scatter": scatter,
-    }
-
-
-def _histogram(lifetimes: list[int]) -> list[dict[str, Any]]:
-    edges = [e * NS for e in LIFETIME_BUCKETS_S]
-    counts = [0] * (len(edges) + 1)
-    i = 0
-    for v in lifetimes:  # sorted
-        while i < len(edges) and v >= edges[i]:
-            i += 1
-        counts[i] += 1
-    labels = [f"< {format_duration(e)}" for e in edges] + [f">= {format_duration(edges[-1])}"]
-    return [{"bucket": lab, "count": n} for lab, n in zip(labels, counts, strict=True)]
-
-
-def _plot(stats: dict[str, Any], path: str) -> None:
-    """Live mappings per public address over time, and external port against creation time."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise UsageError("--plot needs matplotlib: install gw[plot] (pip install 'gw[plot]')") from None
-    matplotlib.use("Agg")
-    import datetime as dt
-
-    import matplotlib.pyplot as plt
-
-    def when(ns: int) -> dt.datetime:
-        return dt.datetime.fromtimestamp(ns / NS, dt.UTC)
-
-    def thin(points: list, limit: int = PLOT_MAX_POINTS) -> list:
-        step = max(1, len(points) // limit)
-        return points[::step]
-
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 8), sharex=True)
-    for addr, points in sorted(stats["_series"].items()):
-        pts = thin(points)
-        top.step([when(t) for t, _ in pts], [n for _, n in pts], where="post", label=inet.ntoa(addr))
-    top.set_ylabel("live mappings")
-    top.set_title(f"external port use {stats['from']} .. {stats['to']}")
-    if stats["_series"]:
-        top.legend(loc="upper left", fontsize="small")
-    colors = {17: "tab:blue", 6: "tab:orange", 1: "tab:green"}
-    for proto in (17, 6, 1):
-        pts = thin([(t, p) for t, p, pr in stats["_scatter"] if pr == proto])
-        if pts:
-            bottom.scatter(
-                [when(t) for t, _ in pts],
-                [p for _, p in pts],
-                s=2,
-                c=colors[proto],
-                label=proto_name(proto),
-                alpha=0.6,
-                linewidths=0,
-            )
-    bottom.set_ylabel("external port (new mappings)")
-    bottom.set_xlabel("time (UTC)")
-    if stats["_scatter"]:
-        bottom.legend(loc="upper left", fontsize="small", markerscale=4)
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def _check_plot_target(text: str, journal_dir: Path) -> None:
-    """Before the long scan: matplotlib is there, can write this format, the directory exists and is not
-    the journal's. Raises UsageError."""
-    try:
-        from matplotlib.backend_bases import FigureCanvasBase
-    except ImportError:
-        raise UsageError("--plot needs matplotlib: install gw[plot] (pip install 'gw[plot]')") from None
-    target = Path(text).resolve()
-    if target == journal_dir.resolve() or journal_dir.resolve() in target.parents:
-        raise UsageError(f"--plot {text}: write the plot outside the journal directory (it is read-only)")
-    if target.is_dir():
-        raise UsageError(f"--plot {text}: is a directory; give a file name (e.g. ports.png)")
-    formats = sorted(FigureCanvasBase.get_supported_filetypes())
-    ext = target.suffix[1:].lower()
-    if ext not in formats:
-        why = f"format {ext!r} is not one matplotlib writes" if ext else "no file extension"
-        raise UsageError(f"--plot {text}: {why}; end the name with .{' .'.join(formats)} (e.g. ports.png)")
-    if not target.parent.is_dir():
-        raise UsageError(f"--plot {text}: directory {target.parent} does not exist")
-
-
-def cmd_stats(args: argparse.Namespace) -> int:
-    since = parse_time(args.since) if args.since else None
-    until = parse_time(args.until) if args.until else None
-    if since is not None and until is not None and since > until:
-        raise UsageError(f"--from {args.since} is after --to {args.until}")
-    j = Journal(args.dir, salvage=args.salvage)
-    if args.plot:
-        _check_plot_target(args.plot, j.directory)  # fail before the long scan, not after
-    progress = Progress("reading", len(j.segments), progress_enabled(args))
-    try:
-        stats = collect_stats(j, since, until, progress, plot=bool(args.plot))
-    finally:
-        progress.close()
-    _report_notes(j)
-    if args.plot:
-        _plot(stats, args.plot)
-    public = {k: v for k, v in stats.items() if not k.startswith("_")}
-    if args.plot:
-        public["plot"] = args.plot
-    if args.json:
-        emit_json(public, sys.stdout)
-        return EXIT_OK
-    out = sys.stdout
-    out.write(f"journal {args.dir}: {stats['events']} events from {stats['from']} to {stats['to']}\n\n")
-    print_table(("event", "count"), list(stats["counts"].items()), out)
-    out.write("\npeak live mappings per client\n")
-    print_table(
-        ("client", "peak", "at"), [(c, p["live"], p["at"]) for c, p in stats["peak_per_client"].items()], out
-    )
-    out.write("\npeak live mappings per public address\n")
-    print_table(
-        ("address", "peak", "at"),
-        [(a, p["live"], p["at"]) for a, p in stats["peak_per_address"].items()],
-        out,
-    )
-    life = stats["lifetimes"]
-    out.write(
-        f"\nmapping lifetimes ({life['count']} ended): p50 {life['p50_s']:.1f} s, p90 {life['p90_s']:.1f} s, "
-        f"p99 {life['p99_s']:.1f} s, max {life['max_s']:.1f} s\n"
-    )
-    top = max((b["count"] for b in life["histogram"]), default=0) or 1
-    for b in life["histogram"]:
-        out.write(f"  {b['bucket']:>9}  {b['count']:>8}  {'#' * round(40 * b['count'] / top)}\n")
-    if args.plot:
-        out.write(f"\nplot written to {args.plot}\n")
-    return EXIT_OK
-
-
 # ---------------------------------------------------------------------- command line
-
-
-def _report_notes(j: Journal) -> None:
-    for n in j.notes:
-        sys.stderr.write(f"{PROG}: note: {n}\n")
 
 
 def build_parser() -> Parser:

@@ -557,11 +557,9 @@ def test_stats_from_after_to_is_a_usage_error(journal, capsys):
 )
 def test_stats_plot_target_is_checked_before_the_scan(journal, tmp_path, capsys, monkeypatch, name, expect):
     pytest.importorskip("matplotlib")
-    from tools import replay
+    from tools import stats
 
-    monkeypatch.setattr(
-        replay, "collect_stats", lambda *a, **k: pytest.fail("scanned before checking --plot")
-    )
+    monkeypatch.setattr(stats, "collect_stats", lambda *a, **k: pytest.fail("scanned before checking --plot"))
     target = name.replace("{tmp}", str(tmp_path)).replace("{journal}", str(journal))
     code, out, err = run(capsys, journal, "stats", "--plot", target)
     assert code == 2 and out == "" and expect in err and err.count("\n") == 1 and "Traceback" not in err
