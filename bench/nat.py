@@ -11,6 +11,9 @@ How each figure is taken:
   prepared outside the timed region, then only the ``translate_*`` loop is timed. TCP packets are ACK/PSH
   data segments. After the loop every verdict must be FORWARD, or the run stops. 92-byte packets
   measure the per-packet cost; 1400-byte ones are shown too.
+- **Compiled vs pure Python.** By default ``Nat`` uses the compiled fast paths (``gw._fastpath``) when they
+  are built (``gw.nat.COMPILED``); the run says which it measures. When compiled, a second table built the
+  same way with ``Nat(..., compiled=False)`` times the pure-Python fast paths on the same 92-byte packets.
 - **General path.** The same established packets through ``Nat._outbound``, to show what the inline
   fast path buys.
 - **dpkt baseline.** The same UDP outbound translation with dpkt: parse ``dpkt.ip.IP(bytes)``, look the
@@ -48,7 +51,7 @@ from bench.harness import Timing, best_of, cpu_share, emit_json, interleave, mar
 from gw import packet as P
 from gw.config import NatConfig
 from gw.inet import aton
-from gw.nat import FORWARD, Nat
+from gw.nat import COMPILED, FORWARD, Nat
 
 # ------------------------------------------------------------------ workload
 
@@ -300,6 +303,9 @@ def main() -> None:
         f"{os.cpu_count()} CPUs, one core used")
     out("Figures: the best wall-clock round of interleaved rounds; then the median (noise) and the best")
     out("thread-CPU-time round (CPU: the cost without time lost to other processes). GC stays on.")
+    path = "compiled" if COMPILED else "pure Python"
+    out(f"Fast path measured: {path}" + (" (gw._fastpath); the pure-Python fast path is measured too" if COMPILED
+                                         else " (gw._fastpath is not built)"))
 
     nat = Nat(established_config(), random.Random(1))
     flows = open_flows(nat)
@@ -317,6 +323,13 @@ def main() -> None:
             pools["out", proto, size] = [bytes(p) for p in outs]
             pools["in", proto, size] = [bytes(p) for p in ins]
 
+    if COMPILED:  # the same table, pure-Python fast paths
+        nat_py = Nat(established_config(), random.Random(1), compiled=False)
+        flows_py = open_flows(nat_py)
+        if [(f.ext_addr, f.ext_port) for fl in flows_py.values() for f in fl] != \
+                [(f.ext_addr, f.ext_port) for fl in flows.values() for f in fl]:
+            raise SystemExit("bench.nat: the pure-Python table differs from the compiled one")
+
     table = {(f.client.to_bytes(4, "big"), f.sport): (f.ext_addr.to_bytes(4, "big"), f.ext_port)
              for f in flows[P.PROTO_UDP]}
     for p in pools["out", P.PROTO_UDP, SMALL]:
@@ -332,6 +345,12 @@ def main() -> None:
                 nat.translate_outbound, pools["out", proto, size], BATCH[size])
             cases[f"{names[proto]}_in_{size}"] = translate_case(
                 nat.translate_inbound, pools["in", proto, size], BATCH[size])
+    if COMPILED:
+        for proto in (P.PROTO_UDP, P.PROTO_TCP):
+            cases[f"{names[proto]}_out_{SMALL}_py"] = translate_case(
+                nat_py.translate_outbound, pools["out", proto, SMALL], BATCH[SMALL])
+            cases[f"{names[proto]}_in_{SMALL}_py"] = translate_case(
+                nat_py.translate_inbound, pools["in", proto, SMALL], BATCH[SMALL])
     for proto in (P.PROTO_UDP, P.PROTO_TCP):
         cases[f"{names[proto]}_out_{SMALL}_general"] = translate_case(
             nat._outbound, pools["out", proto, SMALL], SLOW_BATCH)
@@ -345,7 +364,7 @@ def main() -> None:
     rounds = t["loop_noop"].rounds
     out(f" ({rounds} rounds run)")
 
-    figures: dict[str, object] = {"python": platform.python_version(), "dpkt": dpkt.__version__,
+    figures: dict[str, object] = {"python": platform.python_version(), "dpkt": dpkt.__version__, "fast_path": path,
                                   "rounds": rounds, "flows_per_proto": FLOWS}
 
     def show(label: str, tm: Timing, target: float | None = None) -> None:
@@ -370,6 +389,16 @@ def main() -> None:
                     primary.append(t[name].rate)
     established_ok = min(primary) >= TARGET_PPS
 
+    if COMPILED:
+        out(f" pure-Python fast paths (Nat(..., compiled=False)), {SMALL}-byte packets:")
+        for proto in (P.PROTO_UDP, P.PROTO_TCP):
+            for way, word in (("out", "outbound"), ("in", "inbound")):
+                name = f"{names[proto]}_{way}_{SMALL}"
+                show(f"{names[proto].upper()} {word}, pure Python", t[name + "_py"], TARGET_PPS)
+                speedup = t[name + "_py"].best_ns / t[name].best_ns
+                out(f"  {'':<34} compiled is {speedup:.2f}x faster")
+                figures[f"{name}_compiled_vs_py"] = round(speedup, 2)
+
     out(" fast path vs general path (Nat._outbound on the same established 92-byte packets):")
     for proto in (P.PROTO_UDP, P.PROTO_TCP):
         fast, general = t[f"{names[proto]}_out_{SMALL}"], t[f"{names[proto]}_out_{SMALL}_general"]
@@ -392,6 +421,8 @@ def main() -> None:
     figures["gw_over_dpkt"] = round(ratio, 2)
     figures["gw_over_dpkt_cpu"] = round(ratio_cpu, 2)
     del nat, flows, pools, cases
+    if COMPILED:
+        del nat_py, flows_py
 
     out(f"\nNew mappings: {NEW_MAPPINGS:,} distinct UDP flows ({NEW_CLIENTS} clients x 1000 ports, 8 public "
         f"addresses), one `now` per {SHELL_BATCH} packets, events drained per batch")

@@ -55,6 +55,7 @@ import struct
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterable
 from enum import IntEnum
+from types import MethodType
 from typing import Any
 
 from gw import packet as P
@@ -240,7 +241,8 @@ _SNAPSHOT_MAPPING_COLUMNS = (
 class Nat:
     """The NAT table and its translations. See the module docstring."""
 
-    def __init__(self, config: NatConfig, rng: random.Random | None = None) -> None:
+    def __init__(self, config: NatConfig, rng: random.Random | None = None, compiled: bool = True) -> None:
+        """``compiled=False`` keeps the pure-Python fast paths even when ``gw._fastpath`` is built (COMPILED)."""
         self.config = config
         self._rng = rng or random.SystemRandom()
         self.ext_addrs = config.external_ints()
@@ -279,6 +281,9 @@ class Nat:
         # fragments freed by their first fragment, translated: (to the internet?, packet); False = to a client
         self.released: list[tuple[bool, bytearray]] = []
         self.drops = [0] * P.DROP_COUNT
+        if compiled and _fastpath is not None:  # the same fast paths, compiled (gw/_fastpath.pyx)
+            self.translate_outbound = MethodType(_fastpath.translate_outbound, self)
+            self.translate_inbound = MethodType(_fastpath.translate_inbound, self)
 
     # ------------------------------------------------------------------ fast paths
 
@@ -1210,3 +1215,15 @@ def _clamp_mss(pkt: bytearray, l4: int, mss: int) -> None:
                 P.put_u16(pkt, at, P.csum_adjust(P.get_u16(pkt, at)[0], (~old & 0xFFFF) + mss))
             return
         i += size
+
+
+# The readable fast paths stay reachable under these names when an instance uses the compiled ones.
+Nat.translate_outbound_py = Nat.translate_outbound
+Nat.translate_inbound_py = Nat.translate_inbound
+
+# Optional compiled fast paths (STYLE section 3): same semantics, property-tested against the methods above.
+try:
+    from gw import _fastpath
+except ImportError:  # not built (no compiler at install time): the pure-Python fast paths serve
+    _fastpath = None
+COMPILED = _fastpath is not None
