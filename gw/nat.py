@@ -252,6 +252,7 @@ class Nat:
         self.ext_addrs = config.external_ints()
         self._ext_set = frozenset(self.ext_addrs)
         self._port_lo, self._port_hi = config.port_bounds()
+        self._port_span = self._port_hi - self._port_lo + 1
         self._rmask = _FILTER_MASK[config.filtering]
         self._quota = config.max_mappings_per_client
         self._reuse_ns = config.port_reuse_delay_s * NS
@@ -769,29 +770,34 @@ class Nat:
             return Drop.PORTS_EXHAUSTED
         session, name = self._sessions.get(src, (0, ""))
         log = self._log_dest
-        m = self._record(
-            MappingCreated(
-                seq=self.next_seq,
-                at_ns=now,
-                proto=proto,
-                int_addr=src,
-                int_port=sport,
-                ext_addr=ext_addr,
-                ext_port=port,
-                client=name,
-                session=session,
-                remote_addr=dst if log else 0,
-                remote_port=dport if log else 0,
-            )
+        event = MappingCreated(
+            seq=self.next_seq,
+            at_ns=now,
+            proto=proto,
+            int_addr=src,
+            int_port=sport,
+            ext_addr=ext_addr,
+            ext_port=port,
+            client=name,
+            session=session,
+            remote_addr=dst if log else 0,
+            remote_port=dport if log else 0,
         )
-        m.remote = (dst << 16 | dport) & self._rmask  # type: ignore[union-attr]
-        return m  # type: ignore[return-value]
+        # _record(event), unrolled on the one path that runs per new flow: _insert is apply's step for
+        # MappingCreated, so the table changes exactly as a replay of this event changes it
+        m = self._insert(event)
+        self.next_seq = event.seq + 1
+        self.events.append(event)
+        m.remote = (dst << 16 | dport) & self._rmask
+        return m
 
     def _pick_port(self, proto: int, ext_addr: int, int_port: int, now: int) -> int:
         """A random free external port (or identifier); -1 when the range is full."""
-        lo, hi = LOW_PORTS if proto != P.PROTO_ICMP and int_port < 1024 else (self._port_lo, self._port_hi)
-        base = flow_key(proto, ext_addr, 0)
-        span = hi - lo + 1
+        if int_port < 1024 and proto != P.PROTO_ICMP:
+            lo, span = LOW_PORTS[0], LOW_PORTS[1] - LOW_PORTS[0] + 1
+        else:
+            lo, span = self._port_lo, self._port_span
+        base = proto << 48 | ext_addr << 16  # flow_key(proto, ext_addr, 0)
         taken, resting = self._by_ext, self._resting
         draw = self._draw
         for _ in range(PICK_TRIES):
