@@ -44,6 +44,10 @@ either expires or moves to a later bucket.
 
 Bad input (short, malformed, lying lengths, unknown protocols) is a ``Drop`` verdict counted in
 ``drops``; ``translate_*`` raise nothing else.
+
+The two fast paths (``translate_outbound``/``translate_inbound``) have a compiled twin in
+``gw/_fastpath.pyx``, used when it was built (``COMPILED``); these Python methods are its specification,
+and a property test holds the two to identical bytes, verdicts, counters and events.
 """
 
 from __future__ import annotations
