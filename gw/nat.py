@@ -694,6 +694,8 @@ class Nat:
                 self.drops[Drop.HELD] += 1
                 return Drop.HELD
             return Drop.FRAGMENT
+        if self._by_ext.get(m.ext_key) is not m:  # the mapping ended since the first fragment: its
+            return self._drop(Drop.FRAGMENT)  # address may belong to someone else by now
         n = len(pkt)
         table.passed(key, pkt)  # forgets the datagram once all of it went through
         if outbound:

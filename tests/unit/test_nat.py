@@ -651,6 +651,17 @@ def test_a_finished_datagram_is_forgotten_so_a_later_one_reusing_its_ip_id_canno
     verify(reassemble([second[0], second[1], released]))
 
 
+def test_a_later_fragment_of_a_mapping_that_ended_meanwhile_is_dropped_not_delivered() -> None:
+    nat = make_nat()
+    nat.open_session(T0, session=7, client="alice", vpn_addr=C)
+    frags = fragment(_big_udp(), 1480)
+    assert out(nat, frags[0], at(0)) == FORWARD
+    nat.close_session(at(1), 7, "client_left")  # within the fragment timeout
+    assert nat.lookup_internal(UDP, C, 40000) is None
+    assert out(nat, frags[1], at(1)) == Drop.FRAGMENT
+    assert nat.drops[Drop.FRAGMENT] == 1
+
+
 def test_next_deadline_covers_held_fragments() -> None:
     nat = make_nat()
     assert nat.next_deadline() is None
