@@ -1,11 +1,12 @@
 """Audit benchmark: ``python -m bench.audit``. Human-readable lines, then one JSON line.
 
-Builds a 24-hour journal from random traffic through a real ``gw.nat.Nat`` (``tests.helpers.history``:
+Builds a 24-hour journal from random traffic through a real ``gw.nat.Nat`` (``bench.history``:
 ~150 clients on a 200-address VPN pool, about 200,000 mappings over two public addresses, sessions
 opening and closing, a snapshot every hour as the daemon takes them, one segment per hour), then times
 ``gw-audit who`` point queries:
 
-- in process, through ``tools.audit.find_holders`` (what ``main`` calls), a fresh ``Journal`` per query:
+- in process, through ``journal.holders.find_holders`` (what ``gw-audit who`` calls), a fresh ``Journal``
+  per query:
   the first query on a journal without index files (it builds the indexes of the segments it visits
   in memory: the tools never write into a journal), then ~50 random queries with the indexes in
   place (most for endpoints that were held, the rest random); median and p95;
@@ -32,11 +33,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.history import NS, generate, write_journal
 from journal.events import MappingCreated, MappingExpired
+from journal.holders import find_holders
 from journal.index import load_or_build_index
-from tests.helpers.history import NS, generate, write_journal
-from tools.audit import find_holders
-from tools.common import Journal, format_time
+from journal.reader import Journal
+from journal.text import format_time
 
 TARGET_MS = 50.0
 HOURS = 24

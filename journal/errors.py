@@ -25,6 +25,7 @@ __all__ = [
     "JournalError",
     "JournalFullError",
     "JournalGapError",
+    "JournalMissingError",
     "JournalWriteError",
     "TornFrame",
 ]
@@ -50,14 +51,12 @@ class JournalError(Exception):
 class JournalCorruptError(JournalError):
     """A journal file holds bytes that are neither a whole frame nor a torn tail."""
 
-    def __init__(self, path: object, offset: int, detail: str) -> None:
+    def __init__(self, path: object, offset: int, detail: str, hint: str | None = None) -> None:
         self.path = str(path)
         self.offset = offset
         self.detail = detail
-        super().__init__(
-            f"{self.path}: corrupt journal data at byte {offset}: {detail}; "
-            "read around it with salvage mode (SegmentReader(salvage=True)) or move the file aside"
-        )
+        self.hint = hint or "read around it with salvage mode (SegmentReader(salvage=True)) or move the file aside"
+        super().__init__(f"{self.path}: corrupt journal data at byte {offset}: {detail}; {self.hint}")
 
 
 class JournalGapError(JournalError):
@@ -78,6 +77,12 @@ class JournalGapError(JournalError):
             f"{self.path}: sequence gap at byte {offset}: {what}; "
             "restore the missing segment from backup or read with salvage mode"
         )
+
+
+class JournalMissingError(JournalError):
+    """There is no journal at the path given."""
+
+    exit_code = 2  # an operator mistake, like a usage error
 
 
 class JournalWriteError(JournalError):

@@ -28,6 +28,8 @@ __all__ = [
     "Event",
     "GatewayStarted",
     "GatewayStopped",
+    "HEARTBEAT_INTERVAL_S",
+    "Heartbeat",
     "JournalEvent",
     "MappingCreated",
     "MappingExpired",
@@ -37,10 +39,23 @@ __all__ = [
     "SessionRefused",
     "Snapshot",
     "SnapshotTaken",
+    "rest_until",
 ]
 
+# How often a running gateway journals a Heartbeat while it has traffic: recovery then knows the crash
+# came at most this long (plus the fsync interval) after the last event, even in a quiet journal.
+HEARTBEAT_INTERVAL_S = 5
 
-class Event(msgspec.Struct, frozen=True, array_like=True, tag_field="t"):
+
+def rest_until(expired_at_ns: int, reuse_delay_ns: int) -> int:
+    """When an external port freed at ``expired_at_ns`` (its MappingExpired) may be handed out again.
+
+    The one port-rest rule (RFC 6056 / RFC 7857): the NAT, ``gw-replay verify`` and the audit tools use it.
+    """
+    return expired_at_ns + reuse_delay_ns
+
+
+class Event(msgspec.Struct, frozen=True, array_like=True, tag_field="t", gc=False):
     """Fields common to every journal event."""
 
     seq: int  # gap-free, +1 per event; recovery checks it
@@ -152,6 +167,17 @@ class SnapshotTaken(Event, frozen=True, tag=9):
     mappings_count: int = 0
 
 
+class Heartbeat(Event, frozen=True, tag=10):
+    """The gateway was running at ``at_ns`` (journaled every HEARTBEAT_INTERVAL_S while there is traffic).
+
+    No table state: it tells recovery when the gateway really went down (``Recovered.down_since_ns``), so
+    ``resume`` does not end a flow that was busy until the crash because the journal was quiet before it.
+    ``mappings_count`` is the live table's size then, for readers.
+    """
+
+    mappings_count: int = 0
+
+
 JournalEvent = Union[  # noqa: UP007 - msgspec needs a Union object at runtime
     GatewayStarted,
     GatewayStopped,
@@ -162,6 +188,7 @@ JournalEvent = Union[  # noqa: UP007 - msgspec needs a Union object at runtime
     MappingExpired,
     QuotaHit,
     SnapshotTaken,
+    Heartbeat,
 ]
 
 # Reuse one encoder and one typed decoder (msgspec performance tips).

@@ -9,9 +9,19 @@ which checks that seq increases by exactly one and, by default, cuts a torn tail
 ``Nat.restore(config, rec.snapshot, rec.events, now)`` in ``gw.nat``; the NAT then continues at
 ``rec.last_seq + 1``.
 
-Errors, all naming the file: a corrupt frame (``JournalCorruptError``), a gap, missing segments a snapshot
-needs (retention or a lost file), or a snapshot ahead of the journal (``JournalGapError``). The daemon
-refuses to start on them; the tools read around them with ``SegmentReader(salvage=True)``.
+``Recovered.down_since_ns`` is when the gateway was last known to be running: the wall clock of the
+last journaled event (a ``Heartbeat`` included: the gateway journals one every HEARTBEAT_INTERVAL_S while
+it has traffic), or the snapshot's time when no event follows it. ``Nat.resume(now, down_since_ns)``
+ends what idled out before that moment plus the outage, not what was busy until the crash.
+
+Errors, all naming the file: a corrupt frame (``JournalCorruptError``; damage in the newest segment
+names ``gw-replay DIR repair``, which is ``repair`` here), a gap, missing segments a snapshot needs
+(retention or a lost file), or a snapshot ahead of the journal (``JournalGapError``). The daemon refuses
+to start on them; the tools read around them with ``SegmentReader(salvage=True)``.
+
+``repair(dir)`` cuts the newest segment at its first bad byte (everything after it kept in
+``<segment>.broken``, fsynced, nothing deleted), under the writer's lock so a running gateway is never cut
+under; damage in an older segment is reported, not repaired (cutting there would break the sequence).
 """
 
 from __future__ import annotations
@@ -20,18 +30,29 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from journal.errors import JournalCorruptError, JournalGapError
+from journal.errors import CorruptFrame, JournalCorruptError, JournalError, JournalGapError, TornFrame
 from journal.events import GatewayStopped, JournalEvent, Snapshot
+from journal.frames import FRAME_MAGIC, decode_frame, decode_header, new_decompressor
 from journal.segments import (
+    FILE_MODE,
+    LOCK_NAME,
     SNAPSHOT_RE,
     SNAPSHOT_TMP_SUFFIX,
     Note,
     SegmentReader,
+    cut_tail,
     list_snapshots,
     read_snapshot,
+    segment_paths,
 )
 
-__all__ = ["Recovered", "load"]
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory lock
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["Cut", "Recovered", "Repaired", "load", "repair"]
+
 
 
 @dataclass
@@ -44,6 +65,15 @@ class Recovered:
     notes: list[Note] = field(default_factory=list)
     last_seq: int = 0  # the NAT continues at last_seq + 1
     clean: bool = True  # the last event is GatewayStopped (or the journal is empty)
+    last_at_ns: int | None = None  # wall clock of the last event in the journal (heartbeats included)
+
+    @property
+    def down_since_ns(self) -> int | None:
+        """When the gateway was last known running: the last event's time (a Heartbeat counts), else the
+        snapshot's; None for an empty journal. Pass it to ``Nat.resume(now, down_since)``."""
+        if self.last_at_ns is not None:
+            return self.last_at_ns
+        return self.snapshot.at_ns if self.snapshot is not None else None
 
 
 def load(directory: str | os.PathLike[str], *, truncate_torn_tail: bool = True) -> Recovered:
@@ -94,6 +124,7 @@ def load(directory: str | os.PathLike[str], *, truncate_torn_tail: bool = True) 
     rec.last_seq = max(upto, journal_last or 0)
     last_event = rec.events[-1] if rec.events else reader.last_event()
     rec.clean = last_event is None or isinstance(last_event, GatewayStopped)
+    rec.last_at_ns = last_event.at_ns if last_event is not None else None
     return rec
 
 
@@ -107,3 +138,94 @@ def _remove_stale_tmp(directory: Path, notes: list[Note]) -> None:
             notes.append(
                 Note("stale_tmp", str(path), 0, size, f"removed unfinished snapshot file of {size} bytes")
             )
+
+
+@dataclass(frozen=True)
+class Cut:
+    """What ``repair`` cut off one segment."""
+
+    path: Path
+    offset: int
+    size_bytes: int
+    kept_in: Path
+    events_lost: int  # events in whole frames after the damage (the damaged frame's own are unknown)
+
+
+@dataclass
+class Repaired:
+    """What ``repair`` did, and what it could not do."""
+
+    cuts: list[Cut] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def repaired(self) -> bool:
+        """The journal now reads whole (strictly), whether or not anything had to be cut."""
+        return not self.problems
+
+
+def repair(directory: str | os.PathLike[str]) -> Repaired:
+    """Cut the newest segment at its first bad byte, keeping the rest in ``<segment>.broken``; report
+    damage elsewhere (see the module doc). A torn tail is cut the same way (as recovery would).
+
+    Raises: JournalError if a writer holds the journal (the gateway is running); OSError on I/O errors.
+    """
+    directory = Path(directory)
+    result = Repaired()
+    lock = _lock(directory)
+    try:
+        paths = segment_paths(directory)
+        if paths:
+            path = paths[-1][1]
+            buf = path.read_bytes()
+            offset, dctx = 0, new_decompressor()
+            while offset < len(buf):
+                try:
+                    offset = decode_frame(buf, offset, dctx)[1]
+                except (TornFrame, CorruptFrame):
+                    break
+            if offset < len(buf):
+                lost = _events_in_whole_frames(buf, offset + 1)
+                kept = cut_tail(path, buf, offset)
+                result.cuts.append(Cut(path, offset, len(buf) - offset, kept, lost))
+        try:
+            for _ in SegmentReader(directory).frames():
+                pass
+        except (JournalCorruptError, JournalGapError) as exc:
+            result.problems.append(
+                f"{exc}; repair cuts only the newest segment: restore the damaged one from backup (the "
+                "tools read around it with --salvage)"
+            )
+    finally:
+        os.close(lock)
+    return result
+
+
+def _events_in_whole_frames(buf: bytes, start: int) -> int:
+    """How many events the whole frames found at or after ``start`` hold (headers only)."""
+    count, pos = 0, buf.find(FRAME_MAGIC, start)
+    while pos >= 0:
+        try:
+            h = decode_header(buf, pos)
+        except (TornFrame, CorruptFrame):
+            pos = buf.find(FRAME_MAGIC, pos + 1)
+            continue
+        if h.end > len(buf):
+            break
+        count += h.count
+        pos = buf.find(FRAME_MAGIC, h.end) if h.end < len(buf) else -1
+    return count
+
+
+def _lock(directory: Path) -> int:
+    """Take the writer's lock on the journal (non-blocking); return its fd. Raises JournalError if held."""
+    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise JournalError(
+                f"{directory}: a journal writer holds this journal (the gateway is running); stop it first"
+            ) from None
+    return fd

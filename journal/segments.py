@@ -25,10 +25,16 @@ next). A snapshot is written only after every event up to its ``upto_seq`` is du
   ``<segment>.broken`` and the segment is truncated at its last whole frame.
 - ``salvage=True``: never raises on bad data; corrupt regions and gaps are skipped and reported.
 
-What counts as a torn tail: bytes at the end of the newest segment that hold no whole frame and are not
-followed by any valid frame header. That covers a frame cut short, and also a whole-length frame whose
-checksum fails with nothing valid after it (out-of-order page writeback before power loss). A bad frame
-followed by a valid one is corruption (``JournalCorruptError``), as is a torn frame in an older segment.
+What counts as a torn tail (a write that never finished, the normal crash tail): bytes at the end of the
+newest segment, with no valid frame header after them, that are a frame cut short (a whole, checked
+header and the file ends inside its payload, or a partial header that begins like one) or zeros (a file
+extended before its data reached the disk). Filesystems that write data before they grow a file (ext4
+data=ordered, xfs, btrfs) leave nothing else after a crash. So a frame whole in length that fails its
+checksum there, or a whole header that does not check out, is damage to data the writer had finished
+(bit rot, a bad disk, another process): strict reads and recovery raise ``JournalCorruptError`` naming
+``gw-replay DIR repair`` instead of cutting it as routine. A bad frame followed by a valid one is
+corruption too, as is a torn frame in an older segment. A sequence gap between segments (a segment file
+removed) is a ``JournalGapError`` naming both sides.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import NamedTuple
 
 import msgspec
 import zstandard
@@ -62,9 +68,12 @@ __all__ = [
     "SegmentInfo",
     "SegmentReader",
     "SnapshotInfo",
+    "cut_tail",
     "decode_snapshot",
     "encode_snapshot",
     "first_header",
+    "walk_headers",
+    "is_torn_tail",
     "fsync_dir",
     "list_segments",
     "list_snapshots",
@@ -81,6 +90,7 @@ SEGMENT_RE = re.compile(r"^seg-(\d{20})\.gwj$")
 SNAPSHOT_RE = re.compile(r"^snap-(\d{20})\.gws$")
 SNAPSHOT_TMP_SUFFIX = ".tmp"
 BROKEN_SUFFIX = ".broken"
+LOCK_NAME = "lock"  # the writer's advisory lock (journal.writer; journal.recovery.repair takes it too)
 DIR_MODE = 0o700  # events name clients and their flows: owner only
 FILE_MODE = 0o600
 
@@ -178,20 +188,26 @@ class SegmentInfo:
         return self.last_seq - self.first_seq + 1
 
 
-def _walk_headers(f: BinaryIO, size: int) -> Iterator[FrameHeader]:
-    """Frame headers of an open segment, one 48-byte read each; stops at the first bad or incomplete frame."""
-    offset = 0
-    while offset < size:
-        f.seek(offset)
-        try:
-            h = decode_header(f.read(FRAME_HEADER_LEN), 0)
-        except (TornFrame, CorruptFrame):
-            return
-        h = h._replace(offset=offset, end=offset + h.end)
-        if h.end > size:
-            return
-        yield h
-        offset = h.end
+def walk_headers(path: str | os.PathLike[str]) -> tuple[list[FrameHeader], int, int]:
+    """A segment's whole frame headers, one 48-byte pread each (nothing decompressed), stopping at the
+    first bad or incomplete frame; with the offset where the walk stopped and the file's size."""
+    found = []
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        size, offset = os.fstat(fd).st_size, 0
+        while offset < size:
+            try:
+                h = decode_header(os.pread(fd, FRAME_HEADER_LEN, offset), 0)
+            except (TornFrame, CorruptFrame):
+                break
+            h = h._replace(offset=offset, end=offset + h.end)
+            if h.end > size:
+                break
+            found.append(h)
+            offset = h.end
+    finally:
+        os.close(fd)
+    return found, offset, size
 
 
 def segment_info(path: str | os.PathLike[str]) -> SegmentInfo:
@@ -200,17 +216,14 @@ def segment_info(path: str | os.PathLike[str]) -> SegmentInfo:
     m = SEGMENT_RE.match(path.name)
     name_seq = int(m.group(1)) if m else 0
     first = last = lo = hi = None
-    frames_count = end = 0
-    with open(path, "rb", buffering=0) as f:
-        size = os.fstat(f.fileno()).st_size
-        for h in _walk_headers(f, size):
-            if first is None:
-                first = h.first_seq
-            last = h.last_seq
-            lo = h.min_at_ns if lo is None else min(lo, h.min_at_ns)
-            hi = h.max_at_ns if hi is None else max(hi, h.max_at_ns)
-            frames_count += 1
-            end = h.end
+    headers, end, size = walk_headers(path)
+    for h in headers:
+        if first is None:
+            first = h.first_seq
+        last = h.last_seq
+        lo = h.min_at_ns if lo is None else min(lo, h.min_at_ns)
+        hi = h.max_at_ns if hi is None else max(hi, h.max_at_ns)
+    frames_count = len(headers)
     first = name_seq if first is None else first
     last = first - 1 if last is None else last
     return SegmentInfo(path, first, last, lo, hi, size, frames_count, size - end)
@@ -371,12 +384,18 @@ class Frame(NamedTuple):
 
 
 class SegmentReader:
-    """Iterates the frames and events of a journal directory in seq order, checking seq continuity.
+    """The journal's one frame reader: frames and events of a directory in seq order, seq continuity checked.
 
-    Raises (strict mode): JournalCorruptError for a corrupt frame, or a torn one in a segment that is not
-    the newest; JournalGapError when seq does not increase by exactly one. A torn tail of the newest
-    segment is added to ``notes`` (and cut with ``truncate_torn_tail=True``). With ``salvage=True``
-    nothing is raised for bad data: each skipped region and gap becomes a note.
+    Raises (strict mode): JournalCorruptError for a corrupt frame, a torn one in a segment that is not the
+    newest, or damage at the end of the newest segment (see the module doc: not a torn tail);
+    JournalGapError when seq does not increase by exactly one, across frames and across segments (a
+    missing segment file is a gap). A torn tail of the newest segment is added to ``notes`` (and cut with
+    ``truncate_torn_tail=True``). With ``salvage=True`` nothing is raised for bad data: each skipped
+    region and gap becomes a note (once per place).
+
+    Frame at a time: ``frames`` (whole journal, by seq or time window, frames outside the window skipped
+    by their headers), ``segment_frames`` (one segment, continuing the seq check from ``expected``) and
+    ``poll`` (the whole frames a live writer has appended since an offset, for ``--follow``).
     """
 
     def __init__(
@@ -389,7 +408,16 @@ class SegmentReader:
         self.truncate_torn_tail = truncate_torn_tail
         self.notes: list[Note] = []
         self.last_seq: int | None = None  # seq of the last event in the frames walked so far
+        self.expected: int | None = None  # the seq the next frame must start at (None: not checked)
+        self._noted: set[tuple[str, str, int]] = set()
         self._dctx = new_decompressor()
+
+    def note(self, kind: str, path: Path | str, offset: int, size: int, detail: str) -> None:
+        """Record something handled (a torn tail, a skipped region, a gap), once per kind and place."""
+        key = (kind, str(path), offset)
+        if key not in self._noted:
+            self._noted.add(key)
+            self.notes.append(Note(kind, str(path), offset, size, detail))
 
     def segments(self) -> list[SegmentInfo]:
         """Every segment with first/last seq and time range (frame headers only, nothing decompressed)."""
@@ -419,7 +447,7 @@ class SegmentReader:
                 if seq <= start_seq:
                     first_needed = i
             if paths[0][0] > start_seq:
-                self._gap(
+                self.gap(
                     paths[0][1],
                     0,
                     start_seq,
@@ -429,61 +457,111 @@ class SegmentReader:
                     f" (events {start_seq}..{paths[0][0] - 1} are missing)",
                 )
             paths = paths[first_needed:]
-        window = since_ns is not None or until_ns is not None
-        lo = since_ns if since_ns is not None else -(1 << 63)
-        hi = until_ns if until_ns is not None else (1 << 63) - 1
-        expected: int | None = None
+        self.expected = None
         for name_seq, path in paths:
-            buf = path.read_bytes()
-            is_newest = path == newest
             if self.last_seq is None:
                 self.last_seq = name_seq - 1  # an empty first segment still says where the journal stands
-            size = len(buf)
-            offset = 0
-            first_in_segment = True
-            while offset < size:
-                try:
-                    h = decode_header(buf, offset)
-                    if h.end > size:
-                        raise TornFrame(
-                            offset, f"file ends {size - offset} bytes into a frame of {h.end - offset} bytes"
-                        )
-                    skip = (
-                        h.max_at_ns < lo
-                        or h.min_at_ns > hi
-                        or (start_seq is not None and h.last_seq < start_seq)
+            yield from self.segment_frames(
+                name_seq, path, path == newest, since_ns=since_ns, until_ns=until_ns, start_seq=start_seq
+            )
+
+    def segment_frames(
+        self,
+        name_seq: int,
+        path: Path,
+        is_newest: bool,
+        *,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+        start_seq: int | None = None,
+    ) -> Iterator[Frame]:
+        """One segment's decoded frames holding events in the window, continuing the seq check from
+        ``self.expected`` (set it to None to start afresh); events are filtered to the window."""
+        lo = since_ns if since_ns is not None else -(1 << 63)
+        hi = until_ns if until_ns is not None else (1 << 63) - 1
+        window = since_ns is not None or until_ns is not None
+        buf = path.read_bytes()
+        size = len(buf)
+        offset = 0
+        if self.expected is not None and name_seq != self.expected and size:
+            # the previous segment ended before this one's name says it starts: a segment file is missing
+            self.gap(
+                path,
+                0,
+                self.expected,
+                name_seq,
+                f"the previous segment ends at seq {self.expected - 1} but this one starts at seq {name_seq}"
+                f" (events {self.expected}..{name_seq - 1} are missing: a segment file was removed?)"
+                if name_seq > self.expected
+                else None,
+            )
+            self.expected = name_seq  # reported once; the frames are checked against the name from here
+        first_in_segment = True
+        while offset < size:
+            try:
+                h = decode_header(buf, offset)
+                if h.end > size:
+                    raise TornFrame(
+                        offset, f"file ends {size - offset} bytes into a frame of {h.end - offset} bytes"
                     )
-                    events = None if skip else decode_frame(buf, offset, self._dctx)[0]
-                except (TornFrame, CorruptFrame) as exc:
-                    resume = self._bad_frame(path, buf, offset, exc, is_newest)
-                    if resume is None:
-                        break
-                    offset = resume
+                skip = h.max_at_ns < lo or h.min_at_ns > hi or (start_seq is not None and h.last_seq < start_seq)
+                events = None if skip else decode_frame(buf, offset, self._dctx)[0]
+            except (TornFrame, CorruptFrame) as exc:
+                resume = self._bad_frame(path, buf, offset, exc, is_newest)
+                if resume is None:
+                    break
+                offset = resume
+                continue
+            if first_in_segment and h.first_seq != name_seq:
+                self._corrupt(
+                    path,
+                    offset,
+                    f"segment is named for seq {name_seq} but its first frame holds seq {h.first_seq}",
+                )
+            first_in_segment = False
+            if self.expected is not None and h.first_seq != self.expected:
+                self.gap(path, offset, self.expected, h.first_seq)
+            self.expected = h.last_seq + 1
+            self.last_seq = h.last_seq
+            offset = h.end
+            if events is None:
+                continue
+            if (start_seq is not None and h.first_seq < start_seq) or (
+                window and (h.min_at_ns < lo or h.max_at_ns > hi)
+            ):
+                events = [e for e in events if (start_seq is None or e.seq >= start_seq) and lo <= e.at_ns <= hi]
+                if not events:
                     continue
-                if first_in_segment and h.first_seq != name_seq:
-                    self._corrupt(
-                        path,
-                        offset,
-                        f"segment is named for seq {name_seq} but its first frame holds seq {h.first_seq}",
-                    )
-                first_in_segment = False
-                if expected is not None and h.first_seq != expected:
-                    self._gap(path, offset, expected, h.first_seq)
-                expected = h.last_seq + 1
-                self.last_seq = h.last_seq
-                offset = h.end
-                if events is None:
-                    continue
-                if (start_seq is not None and h.first_seq < start_seq) or (
-                    window and (h.min_at_ns < lo or h.max_at_ns > hi)
-                ):
-                    events = [
-                        e for e in events if (start_seq is None or e.seq >= start_seq) and lo <= e.at_ns <= hi
-                    ]
-                    if not events:
-                        continue
-                yield Frame(path, h.offset, h.first_seq, h.count, h.min_at_ns, h.max_at_ns, events)
-            del buf
+            yield Frame(path, h.offset, h.first_seq, h.count, h.min_at_ns, h.max_at_ns, events)
+
+    def poll(self, path: Path, offset: int) -> tuple[list[Frame], int]:
+        """The whole frames from ``offset`` of a segment a writer may still be appending to, and the offset
+        after them. Stops quietly at a frame not yet whole (or not yet readable whole) with nothing valid
+        after it: the writer is in the middle of it. Bad data followed by a valid frame is bad data."""
+        try:
+            buf = path.read_bytes()
+        except FileNotFoundError:
+            return [], offset
+        found = []
+        while offset < len(buf):
+            try:
+                h = decode_header(buf, offset)
+                if h.end > len(buf):
+                    break
+                events = decode_frame(buf, offset, self._dctx)[0]
+            except TornFrame:
+                break
+            except CorruptFrame as exc:
+                if next_frame_offset(buf, offset + 1) is None:
+                    break  # maybe a frame still being written
+                resume = self._bad_frame(path, buf, offset, exc, is_newest=False)
+                if resume is None:
+                    break
+                offset = resume
+                continue
+            found.append(Frame(path, h.offset, h.first_seq, h.count, h.min_at_ns, h.max_at_ns, events))
+            offset = h.end
+        return found, offset
 
     def last_event(self) -> JournalEvent | None:
         """The last event of the last whole frame in the journal (decodes one frame), or None if empty."""
@@ -512,28 +590,28 @@ class SegmentReader:
     def _bad_frame(self, path: Path, buf: bytes, offset: int, exc: Exception, is_newest: bool) -> int | None:
         """Handle a torn or corrupt frame at ``offset``: return where to resume, None to end the segment."""
         size = len(buf)
+        detail = getattr(exc, "detail", str(exc))
         following = next_frame_offset(buf, offset + 1)
         if following is None and is_newest:
-            self._torn_tail(path, buf, offset, exc)
-            return None
-        if not self.salvage:
-            if isinstance(exc, TornFrame):
+            if is_torn_tail(buf, offset, exc):
+                self._torn_tail(path, buf, offset, exc)
+                return None
+            if not self.salvage:
                 raise JournalCorruptError(
-                    path, offset, f"torn frame in a segment that is not the newest ({exc.detail})"
+                    path,
+                    offset,
+                    f"the last {size - offset} bytes are damaged, not a torn write ({detail}): data the "
+                    "writer finished writing (and may have fsynced) no longer checks out",
+                    hint=REPAIR_HINT.format(directory=path.parent),
                 )
-            raise JournalCorruptError(path, offset, getattr(exc, "detail", str(exc)))
+        elif not self.salvage:
+            if isinstance(exc, TornFrame):
+                detail = f"torn frame in a segment that is not the newest ({detail})"
+            hint = REPAIR_HINT.format(directory=path.parent) if is_newest else None
+            raise JournalCorruptError(path, offset, detail, hint=hint)
         resume = next_frame_offset(buf, offset + 1, whole=True, dctx=self._dctx)
         end = size if resume is None else resume
-        detail = getattr(exc, "detail", str(exc))
-        self.notes.append(
-            Note(
-                "skipped",
-                str(path),
-                offset,
-                end - offset,
-                f"skipped {end - offset} bytes at offset {offset}: {detail}",
-            )
-        )
+        self.note("skipped", path, offset, end - offset, f"skipped {end - offset} bytes at offset {offset}: {detail}")
         return resume
 
     def _torn_tail(self, path: Path, buf: bytes, offset: int, exc: Exception) -> None:
@@ -541,59 +619,73 @@ class SegmentReader:
         cut = len(buf) - offset
         why = getattr(exc, "detail", str(exc))
         if not self.truncate_torn_tail:
-            self.notes.append(
-                Note(
-                    "torn_tail",
-                    str(path),
-                    offset,
-                    cut,
-                    f"torn tail of {cut} bytes at offset {offset} left in place ({why})",
-                )
+            self.note(
+                "torn_tail", path, offset, cut, f"torn tail of {cut} bytes at offset {offset} left in place ({why})"
             )
             return
-        broken = _free_name(path.with_name(path.name + BROKEN_SUFFIX))
-        fd = os.open(broken, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), FILE_MODE)
-        try:
-            view = memoryview(buf)[offset:]
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        fd = os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0))
-        try:
-            os.ftruncate(fd, offset)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        fsync_dir(path.parent)
-        self.notes.append(
-            Note(
-                "torn_tail",
-                str(path),
-                offset,
-                cut,
-                f"cut {cut} bytes of torn tail at offset {offset} (kept in {broken.name}; {why})",
-            )
+        broken = cut_tail(path, buf, offset)
+        self.note(
+            "torn_tail",
+            path,
+            offset,
+            cut,
+            f"cut {cut} bytes of torn tail at offset {offset} (kept in {broken.name}; {why})",
         )
 
     def _corrupt(self, path: Path, offset: int, detail: str) -> None:
         if not self.salvage:
             raise JournalCorruptError(path, offset, detail)
-        self.notes.append(Note("skipped", str(path), offset, 0, detail))
+        self.note("skipped", path, offset, 0, detail)
 
-    def _gap(self, path: Path, offset: int, expected: int, got: int, detail: str | None = None) -> None:
+    def gap(self, path: Path, offset: int, expected: int, got: int, detail: str | None = None) -> None:
+        """A sequence gap: JournalGapError, or a note in salvage mode."""
         if not self.salvage:
             raise JournalGapError(path, offset, expected, got, detail)
-        self.notes.append(
-            Note(
-                "gap",
-                str(path),
-                offset,
-                0,
-                detail or f"sequence gap at offset {offset}: expected seq {expected}, found {got}",
-            )
+        self.note(
+            "gap",
+            path,
+            offset,
+            0,
+            detail or f"sequence gap at offset {offset}: expected seq {expected}, found {got}",
         )
+
+
+REPAIR_HINT = (
+    "to start from the whole frames before it, run `gw-replay {directory} repair` (it keeps what it cuts "
+    "in <segment>.broken); or read around it with salvage mode"
+)
+
+
+def is_torn_tail(buf: bytes, offset: int, exc: Exception) -> bool:
+    """Whether the bytes from ``offset`` to the end look like a write that never finished: a frame cut
+    short (its header whole and checked but the file ends inside its payload, or a partial header that
+    begins like one), or zeros (a file extended before its data reached the disk). A frame whole in
+    length that fails its checksum, or a whole header that does not check out, is damage instead."""
+    if isinstance(exc, TornFrame):
+        return True
+    return not buf[offset:].strip(b"\0")
+
+
+def cut_tail(path: Path, buf: bytes, offset: int) -> Path:
+    """Copy a segment's bytes from ``offset`` to ``<segment>.broken`` (fsynced), then truncate the segment
+    there (fsynced, and the directory); return the file that keeps them."""
+    broken = _free_name(path.with_name(path.name + BROKEN_SUFFIX))
+    fd = os.open(broken, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), FILE_MODE)
+    try:
+        view = memoryview(buf)[offset:]
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fd = os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0))
+    try:
+        os.ftruncate(fd, offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(path.parent)
+    return broken
 
 
 def _free_name(path: Path) -> Path:

@@ -34,6 +34,22 @@ loop no longer mutates. ``on_snapshot(path, upto_seq)`` is called when the file 
 may journal a ``SnapshotTaken`` for it). One snapshot is written at a time; an overlapping request is
 reported and skipped.
 
+Back-pressure: events submitted but not yet written (the queue and the pending batch) are bounded by
+``max_backlog_events``. Past it ``submit`` refuses the batch with ``JournalBackpressureError`` (nothing
+queued, so nothing is half taken), counts it in ``refused_events`` and raises one alarm through
+``on_error`` per episode; ``backlogged`` says so for polling. A full disk therefore fills this bound, not
+the process's memory. The caller decides what a refusal means: in strict audit mode the daemon refuses
+new flows while ``backlogged`` (a mapping that cannot be journaled is not made) and resubmits the
+events it holds; in fast mode it keeps established flows going and counts the loss it reports. Either
+way the loss is counted and alarmed, never silent.
+
+Misuse is refused at ``submit``, where the caller can still act on it: a batch that does not continue
+the journal's seqs by exactly one (a gap or an overlap) raises ``JournalGapError`` and is not queued.
+
+Liveness: if the writer thread dies (a bug), ``submit``, ``submit_snapshot`` and ``flush`` raise
+``JournalError`` naming the cause from then on, a ``flush`` waiting on it is woken with that error, and
+``alive`` is False; the daemon polls ``alive`` (or sees the exception) and stops accepting traffic.
+
 Failures: any OSError (full disk, quota, RLIMIT_FSIZE, EIO) is reported through ``on_error`` with a
 ``JournalWriteError``/``JournalFullError``, the partial frame is truncated away, and the events stay
 queued; the write is retried every ``retry_interval_s``. After a failed fsync the unsynced frames of the
@@ -55,14 +71,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-import msgspec
-
-from journal.errors import JournalError, JournalGapError, JournalWriteError
+from journal.errors import (
+    JournalCorruptError,
+    JournalError,
+    JournalFullError,
+    JournalGapError,
+    JournalWriteError,
+)
 from journal.events import JournalEvent, Snapshot
 from journal.frames import MAX_FRAME_EVENTS, decode_frame, encode_frame, new_compressor
-from journal.index import SegmentIndex, build_index, index_path
+from journal.index import build_index, is_current, read_index, remove_stale_index_tmp, write_index
 from journal.segments import (
     FILE_MODE,
+    LOCK_NAME,
     first_header,
     fsync_dir,
     list_snapshots,
@@ -78,12 +99,12 @@ try:
 except ImportError:  # Windows: no advisory lock; one daemon per journal is the operator's job there
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["FsyncPolicy", "JournalIndexWarning", "JournalWriter", "write_segment_index"]
+__all__ = ["FsyncPolicy", "JournalBackpressureError", "JournalIndexWarning", "JournalWriter"]
 
 FsyncPolicy = Literal["always", "interval", "never"]
 _POLICIES = ("always", "interval", "never")
-LOCK_NAME = "lock"
 _O_BINARY = getattr(os, "O_BINARY", 0)
+_LIVENESS_POLL_S = 0.1  # a flush waiting on a dead writer thread notices within this
 _log = logging.getLogger("journal")
 
 
@@ -91,22 +112,12 @@ class JournalIndexWarning(JournalError, UserWarning):
     """A segment's audit index could not be written; the journal itself is fine."""
 
 
-def write_segment_index(segment_path: str | os.PathLike[str], index: SegmentIndex) -> Path:
-    """Write ``<segment>.idx`` (temp file, then rename; not fsynced: derived data). Raises OSError."""
-    target = index_path(segment_path)
-    tmp = target.with_name(target.name + ".tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_BINARY, FILE_MODE)
-        try:
-            _write_all(fd, msgspec.msgpack.encode(index))
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
-    return target
+class JournalBackpressureError(JournalFullError):
+    """Too many events wait to be written (the disk is full or too slow): this batch was refused."""
+
+    def __init__(self, msg: str) -> None:
+        JournalError.__init__(self, msg)
+        self.path, self.offset, self.detail = "", 0, msg
 
 
 class _Close:
@@ -147,6 +158,7 @@ class JournalWriter:
         retention_s: float | None = None,
         keep_snapshots: int = 2,
         retry_interval_s: float = 1.0,
+        max_backlog_events: int = 1 << 20,
         on_durable: Callable[[int], None] | None = None,
         on_error: Callable[[Exception], None] | None = None,
         on_snapshot: Callable[[Path, int], None] | None = None,
@@ -158,6 +170,8 @@ class JournalWriter:
             raise ValueError(f"batch_count must be 1..{MAX_FRAME_EVENTS}, not {batch_count}")
         if keep_snapshots < 1:
             raise ValueError("keep_snapshots must be at least 1")
+        if max_backlog_events < batch_count:
+            raise ValueError(f"max_backlog_events must be at least batch_count ({batch_count})")
         self.directory = Path(directory)
         self.fsync = fsync
         self.fsync_interval_s = fsync_interval_s
@@ -168,6 +182,8 @@ class JournalWriter:
         self.retention_ns = None if retention_s is None else int(retention_s * 1e9)
         self.keep_snapshots = keep_snapshots
         self.retry_interval_s = retry_interval_s
+        # 1 M events is ~150 MB of Structs: seconds of a busy gateway, hours of a quiet one
+        self.max_backlog_events = max_backlog_events
         self._on_durable = on_durable
         self._on_error = on_error
         self._on_snapshot = on_snapshot
@@ -179,6 +195,10 @@ class JournalWriter:
         self._closed = False  # no more submits
         self._close_error: BaseException | None = None
         self.durable_seq = 0  # events up to here are durable per the policy (read from any thread)
+        self.submitted_seq: int | None = None  # last seq accepted by submit (caller's thread only)
+        self.refused_events = 0  # events refused by back-pressure (caller's thread only)
+        self._backlogged = False
+        self._dead: BaseException | None = None  # why the writer thread died, once it has
 
         # writer-thread state
         self._cctx = new_compressor()
@@ -216,35 +236,98 @@ class JournalWriter:
         except BaseException:
             self._release_lock()
             raise
+        if self.submitted_seq is None:
+            self.submitted_seq = self.written_seq
+        self._index_unindexed()
         self._thread = threading.Thread(
             target=self._run, name=f"journal-writer {self.directory}", daemon=True
         )
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """Whether the writer thread is running and has not failed (the daemon polls this)."""
+        return self._dead is None and self._thread is not None and self._thread.is_alive()
+
+    @property
+    def backlogged(self) -> bool:
+        """Whether events wait past ``max_backlog_events`` (a strict-mode daemon refuses new flows)."""
+        return self.backlog_events >= self.max_backlog_events
+
+    @property
+    def backlog_events(self) -> int:
+        """Events submitted but not yet written (approximate while the writer runs)."""
+        return max(0, (self.submitted_seq or 0) - self.written_seq)
+
     def submit(self, events: list[JournalEvent]) -> None:
-        """Queue events (consecutive seqs, continuing the journal); the writer owns the list now."""
-        if self._closed:
-            first = events[0].seq if events else None
-            raise JournalError(f"{self.directory}: journal writer is closed; events from seq {first} refused")
+        """Queue events (consecutive seqs, continuing the journal); the writer owns the list now.
+
+        Raises (nothing queued): JournalGapError if the batch does not continue the journal by exactly one
+        seq; JournalBackpressureError past ``max_backlog_events``; JournalError if the writer is closed or
+        its thread died.
+        """
+        if not events:
+            return
+        first, last = getattr(events[0], "seq", None), getattr(events[-1], "seq", None)
+        self._check_usable(f"events from seq {first} refused")
+        if type(first) is not int or type(last) is not int:
+            self._queue.put(events)  # not events: a caller bug the writer reports when it encodes them
+            return
+        expected = first if self.submitted_seq is None else self.submitted_seq + 1
+        if first != expected or last - first != len(events) - 1:
+            raise JournalGapError(
+                self.directory,
+                0,
+                expected,
+                first,
+                f"submitted events seq {first}..{last} ({len(events)} events) do not continue the journal at "
+                f"seq {expected} by exactly one (a caller bug); refused, nothing queued",
+            )
+        if self.backlog_events + len(events) > self.max_backlog_events:
+            self.refused_events += len(events)
+            error = JournalBackpressureError(
+                f"{self.directory}: {self.backlog_events} events wait to be written (limit "
+                f"{self.max_backlog_events}); events {first}..{last} refused ({self.refused_events} refused "
+                "so far): the journal disk is full or too slow"
+            )
+            if not self._backlogged:
+                self._backlogged = True
+                self._report(error)
+            raise error
+        self._backlogged = False
+        self.submitted_seq = last
         self._queue.put(events)
+
+    def _check_usable(self, what: str) -> None:
+        if self._dead is not None:
+            raise JournalError(f"{self.directory}: journal writer thread died ({self._dead!r}); {what}")
+        if self._closed:
+            raise JournalError(f"{self.directory}: journal writer is closed; {what}")
 
     def submit_snapshot(self, obj: Snapshot | Any) -> None:
         """Queue a snapshot: a Snapshot, or an object whose ``build()`` returns one (called off the loop)."""
-        if self._closed:
-            raise JournalError(f"{self.directory}: journal writer is closed; snapshot refused")
+        self._check_usable("snapshot refused")
         self._queue.put(_SnapshotRequest(obj))
 
     def flush(self, timeout: float | None = None) -> int:
         """Write and fsync everything submitted so far (snapshots included); return ``durable_seq``.
 
-        Raises: JournalError if the writer does not answer within ``timeout`` seconds.
+        Raises: JournalError if the writer does not answer within ``timeout`` seconds, or its thread died.
         """
+        if self._dead is not None:
+            self._check_usable("flush failed")
         if self._thread is None or not self._thread.is_alive():
             return self.durable_seq
         request = _Flush()
         self._queue.put(request)
-        if not request.done.wait(timeout):
-            raise JournalError(f"{self.directory}: journal writer did not flush within {timeout} s")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not request.done.wait(_LIVENESS_POLL_S):  # a thread that dies never answers: notice it
+            if not self._thread.is_alive():
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                raise JournalError(f"{self.directory}: journal writer did not flush within {timeout} s")
+        if self._dead is not None:
+            self._check_usable(f"flush failed; events after seq {self.durable_seq} are not durable")
         return self.durable_seq
 
     def close(self, timeout: float | None = 30.0) -> None:
@@ -312,10 +395,18 @@ class JournalWriter:
                         item = None
                 self._commit(force=closing)
             self._finish()
-        except BaseException as exc:  # a bug: say so loudly, and make close() raise
+        except BaseException as exc:  # a bug: say so loudly, make close() raise, refuse what comes next
+            self._dead = exc
             self._close_error = exc
             self._report(JournalError(f"{self.directory}: journal writer thread failed: {exc!r}"))
             self._close_fd()
+            while True:  # wake whoever waits for a flush: it raises with the cause
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(item, _Flush):
+                    item.done.set()
 
     def _wait_item(self) -> Any:
         """Block for the next queue item until the next batch, fsync or retry deadline (None on timeout)."""
@@ -509,10 +600,35 @@ class JournalWriter:
         thread.start()
         self._index_threads.append(thread)
 
+    def _index_unindexed(self) -> None:
+        """At start: remove ``*.idx.tmp`` left by a crash, and index (in a helper thread) the closed
+        segments without a current, whole index, such as the last segment of a run that crashed."""
+        remove_stale_index_tmp(self.directory)
+        missing = []
+        for _, path in segment_paths(self.directory):
+            try:
+                index = read_index(path)
+                if index is not None and is_current(index, path.stat()):
+                    continue
+            except (JournalCorruptError, OSError):
+                pass
+            missing.append(path)
+        if missing:
+            thread = threading.Thread(
+                target=lambda: [self._index_segment(p) for p in missing], name="journal-index", daemon=True
+            )
+            thread.start()
+            self._index_threads.append(thread)
+
     def _index_segment(self, path: Path) -> None:
         """Build and write ``<segment>.idx``; a failure is a warning, never a journal error."""
         try:
-            write_segment_index(path, build_index(path, write=False))
+            index = build_index(path, write=False)
+            if not index.complete:
+                return  # not a whole segment: the readers build what they can, reindex reports it
+            write_index(path, index)
+        except FileNotFoundError:
+            return  # removed by retention meanwhile
         except OSError as exc:
             self._warn(
                 JournalIndexWarning(

@@ -5,15 +5,8 @@ Theory of operation
 A mapping holds its external endpoint over ``[created, expired)``: from its ``MappingCreated`` up to,
 not including, the instant of its ``MappingExpired``.
 
-``who ADDR:PORT[/proto] --at T`` does not scan the journal. It finds the segment holding T (binary
-search on first frame headers), then walks back segment by segment and decompresses only those whose
-audit index (``journal.index``) names the endpoint. The last event for the endpoint at or before T
-decides: a ``MappingCreated`` means that mapping held it (its end is the next event for the endpoint,
-searched forward the same way); a ``MappingExpired`` means nobody did. If the walk reaches the newest
-snapshot taken at or before T without an event for the endpoint, the snapshot's table answers, which
-covers mappings created before the oldest retained segment. The client's identity comes from the
-``SessionOpened`` of the mapping's session: in the segment already read, else in the snapshot before
-the mapping, else in the segments between that snapshot and the mapping.
+``who ADDR:PORT[/proto] --at T`` is ``journal.holders.find_holders`` (see there: it does not scan the
+journal, it walks back by segment index and checks the continuity of every segment it relies on), printed.
 
 ``client`` and ``export`` start from the state at the window's start (snapshot + fold, see
 ``tools.common``), follow mapping intervals through the window, and then read on only until the
@@ -33,25 +26,23 @@ import csv
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import msgspec
-
 from gw import inet
 from gw.errors import UsageError
-from journal.events import MappingCreated, MappingExpired, SessionClosed, SessionOpened, Snapshot
-from journal.index import INDEX_VERSION, SegmentIndex, endpoint_key, index_path
-from journal.writer import write_segment_index
+from journal.errors import JournalCorruptError
+from journal.events import SessionClosed, SessionOpened, Snapshot
+from journal.holders import Holding, MappingRecord, Tracker, describe, destination, find_holders
+from journal.index import build_index, index_path, is_current, read_index, remove_stale_index_tmp, write_index
+from journal.reader import Journal
+from journal.segments import SegmentReader
 from tools.common import (
+    EXIT_DAMAGED,
     EXIT_OK,
     EXIT_PROBLEM,
-    Journal,
-    MappingRecord,
     Parser,
     Progress,
-    Tracker,
     add_common_options,
     emit_json,
     format_endpoint,
@@ -61,17 +52,14 @@ from tools.common import (
     print_table,
     progress_enabled,
     proto_name,
-    record_from_created,
     report_notes,
     run_tool,
-    segment_index,
     wrap,
 )
 
-__all__ = ["EXPORT_FIELDS", "Holding", "find_holders", "main", "mappings_in_window"]
+__all__ = ["EXPORT_FIELDS", "main", "mappings_in_window"]
 
 PROG = "gw-audit"
-WHO_PROTOS = (17, 6, 1)  # without /proto, answer for UDP, TCP and ICMP echo, in this order
 
 # RFC 8158 / IANA IPFIX natEvent values for one mapping (a NAT44 BIB entry: endpoint-independent mapping)
 NAT_EVENT_BIB_CREATE = 8  # NAT44 BIB create: the mapping is still held when the export ends
@@ -105,225 +93,6 @@ IPFIX_FIELDS = EXPORT_FIELDS[:14]
 # ---------------------------------------------------------------------- who
 
 
-@dataclass
-class Holding:
-    """Who held an external endpoint: the mapping and the session it belonged to."""
-
-    record: MappingRecord
-    session: SessionOpened | None
-    source: str  # "journal" or the snapshot file that held the mapping
-    before_retained: bool = False  # from a snapshot whose events are all gone: created before the segments
-
-    @property
-    def source_note(self) -> str | None:
-        """Why a snapshot answered: the mapping predates the retained segments, or just the state there."""
-        if self.source == "journal":
-            return None
-        if self.before_retained:
-            return "created before the retained segments"
-        return f"state from snapshot {self.source}"
-
-
-def find_holders(journal: Journal, addr: int, port: int, proto: int | None, at_ns: int) -> list[Holding]:
-    """Every mapping that held ADDR:PORT (for one protocol, or each of UDP/TCP/ICMP) at ``at_ns``."""
-    found = []
-    for p in (proto,) if proto is not None else WHO_PROTOS:
-        holding = held_by(journal, p, addr, port, at_ns)
-        if holding is not None:
-            found.append(holding)
-    return found
-
-
-def _touches(ev: object, key: int) -> bool:
-    t = type(ev)
-    return (t is MappingCreated or t is MappingExpired) and (
-        ev.proto << 48 | ev.ext_addr << 16 | ev.ext_port  # type: ignore[attr-defined]
-    ) == key
-
-
-Position = tuple[int, int, int]  # (segment, chunk, event) in a Journal
-
-
-def held_by(j: Journal, proto: int, addr: int, port: int, at_ns: int) -> Holding | None:
-    """The mapping that held (proto, addr, port) at ``at_ns``, or None (see the module doc)."""
-    key = endpoint_key(proto, addr, port)
-    k = j.segment_for_time(at_ns)
-    limit = j.seq_end(k) if k >= 0 else (j.segments[0].first_seq if j.segments else 1 << 62)
-    candidates = [s for s in reversed(j.snapshots) if s.upto_seq < limit]
-    i = k
-    for c in range(len(candidates) + 1):
-        cand = candidates[c] if c < len(candidates) else None
-        lo = cand.upto_seq + 1 if cand is not None else 0
-        while i >= 0:
-            if j.seq_end(i) <= lo:
-                break  # wholly covered by the snapshot
-            index = j.index(i)
-            if not index.complete or index.touches(proto, addr, port):
-                hit = _last_touch(j, i, key, lo, at_ns)
-                if hit is not None:
-                    return _decide(j, hit, key, at_ns)
-            if j.segments[i].first_seq < lo:
-                break  # the snapshot's boundary lies inside this segment
-            i -= 1
-        if cand is None:
-            if j.segments and j.segments[0].first_seq > 1:
-                j.note(
-                    "gap",
-                    j.segments[0].path,
-                    0,
-                    0,
-                    f"the journal starts at seq {j.segments[0].first_seq} and no snapshot at or before the "
-                    "asked time covers the events before it; a mapping created before the oldest segment "
-                    "cannot be seen",
-                )
-            return None
-        snap = j.snapshot(cand)
-        if snap is not None and snap.at_ns <= at_ns:
-            if i < 0 and j.segments and cand.upto_seq + 1 < j.segments[0].first_seq:
-                j.note(
-                    "gap",
-                    cand.path,
-                    0,
-                    0,
-                    f"events {cand.upto_seq + 1}..{j.segments[0].first_seq - 1} after this snapshot are "
-                    "missing; answers may miss mappings they held",
-                )
-            return _from_snapshot(j, snap, cand.path.name, key, at_ns)
-    return None
-
-
-def _last_touch(j: Journal, i: int, key: int, lo: int, at_ns: int) -> Position | None:
-    """The last event of segment i naming the endpoint, with seq >= lo and at or before ``at_ns``.
-
-    Frames are decoded newest first, and only those that begin at or before ``at_ns``.
-    """
-    chunks = j.chunks(i)
-    for n in range(len(chunks) - 1, -1, -1):
-        if chunks[n].last_seq < lo:
-            return None
-        if chunks[n].min_at_ns > at_ns:
-            continue
-        events = j.chunk_events(i, n)
-        for pos in range(len(events) - 1, -1, -1):
-            ev = events[pos]
-            if ev.seq < lo:
-                return None
-            if ev.at_ns <= at_ns and _touches(ev, key):
-                return i, n, pos
-    return None
-
-
-def _decide(j: Journal, hit: Position, key: int, at_ns: int) -> Holding | None:
-    i, n, pos = hit
-    ev = j.chunk_events(i, n)[pos]
-    if type(ev) is MappingExpired:
-        return None
-    rec = record_from_created(ev)
-    _find_end(j, rec, key, (i, n, pos + 1))
-    if rec.end_ns is not None and rec.end_ns <= at_ns:
-        return None  # only with a clock that stepped backwards
-    return Holding(rec, _find_session(j, rec.session, rec.created_seq, (i, n)), "journal")
-
-
-def _from_snapshot(j: Journal, snap: Snapshot, name: str, key: int, at_ns: int) -> Holding | None:
-    proto, addr, port = key >> 48, key >> 16 & 0xFFFFFFFF, key & 0xFFFF
-    rows = zip(snap.proto, snap.ext_addr, snap.ext_port, strict=False)
-    row = next((r for r, (p, a, o) in enumerate(rows) if p == proto and a == addr and o == port), None)
-    if row is None:
-        return None
-    rec = _snapshot_row(snap, row)
-    start = max(j.segment_for_seq(snap.upto_seq + 1), 0)
-    _find_end(j, rec, key, (start, 0, 0), after_seq=snap.upto_seq)
-    if rec.end_ns is not None and rec.end_ns <= at_ns:
-        return None
-    session = next((s for s in snap.sessions if s.session == rec.session), None)
-    if session is None and rec.session:
-        session = _find_session(j, rec.session, snap.upto_seq + 1, None)
-    # Every event up to the snapshot's is gone only when the oldest segment starts after it.
-    before = not j.segments or snap.upto_seq < j.segments[0].first_seq
-    return Holding(rec, session, name, before)
-
-
-def _snapshot_row(snap: Snapshot, row: int) -> MappingRecord:
-    """One snapshot row as a record (client from the column or the sessions)."""
-    names = {s.session: s.client for s in snap.sessions}
-    client = snap.client[row] if len(snap.client) == len(snap.proto) and snap.client[row] else ""
-    return MappingRecord(
-        snap.proto[row],
-        snap.int_addr[row],
-        snap.int_port[row],
-        snap.ext_addr[row],
-        snap.ext_port[row],
-        client or names.get(snap.session[row], ""),
-        snap.session[row],
-        snap.created_ns[row],
-        0,
-    )
-
-
-def _find_end(j: Journal, rec: MappingRecord, key: int, start: Position, after_seq: int = 0) -> None:
-    """Close ``rec`` at the next event for its endpoint from ``start`` on (segments skipped by index)."""
-    i, n0, pos0 = start
-    for m in range(i, len(j.segments)):
-        if m > i or (n0 == 0 and pos0 == 0):
-            index = j.index(m)
-            if index.complete and not index.touches(rec.proto, rec.ext_addr, rec.ext_port):
-                continue
-        chunks = j.chunks(m)
-        for n in range(n0 if m == i else 0, len(chunks)):
-            if chunks[n].last_seq <= after_seq:
-                continue
-            events = j.chunk_events(m, n)
-            for ev in events[pos0 if (m, n) == (i, n0) else 0 :]:
-                if ev.seq > after_seq and _touches(ev, key):
-                    rec.close(ev, ev.reason if type(ev) is MappingExpired else "replaced")
-                    return
-
-
-def _find_session(
-    j: Journal, session: int, before_seq: int, hint: tuple[int, int] | None
-) -> SessionOpened | None:
-    """The SessionOpened of ``session`` before ``before_seq``: in the frame at ``hint`` (already decoded),
-    else in the newest snapshot before it, else in the frames between that snapshot and ``before_seq``.
-    Session numbers are unique in a journal (events.SessionOpened)."""
-    if not session:
-        return None
-
-    def scan(m: int, n: int) -> SessionOpened | None:
-        for ev in reversed(j.chunk_events(m, n)):
-            if type(ev) is SessionOpened and ev.session == session and ev.seq < before_seq:
-                return ev
-        return None
-
-    if hint is not None and (found := scan(*hint)) is not None:
-        return found
-    lo = 0
-    for info in reversed(j.snapshots):
-        if info.upto_seq < before_seq and (snap := j.snapshot(info)) is not None:
-            found = next((s for s in snap.sessions if s.session == session), None)
-            if found is not None:
-                return found
-            lo = snap.upto_seq + 1
-            break
-    for m in range(j.segment_for_seq(before_seq - 1), -1, -1):
-        if j.seq_end(m) <= lo:
-            break
-        chunks = j.chunks(m)
-        for n in range(len(chunks) - 1, -1, -1):
-            if chunks[n].last_seq < lo:
-                break
-            if chunks[n].first_seq < before_seq and (m, n) != hint and (found := scan(m, n)) is not None:
-                return found
-    return None
-
-
-def _destination(r: MappingRecord) -> str | None:
-    """The logged first destination ('203.0.113.10:53', or just the address for ICMP), None if not logged."""
-    if not r.remote_addr:
-        return None
-    return inet.ntoa(r.remote_addr) if r.proto == 1 else format_endpoint(r.remote_addr, r.remote_port)
-
-
 def _holding_json(h: Holding) -> dict[str, Any]:
     r, s = h.record, h.session
     return {
@@ -341,31 +110,10 @@ def _holding_json(h: Holding) -> dict[str, Any]:
         "end_ns": r.end_ns,
         "end_reason": r.end_reason,
         "still_held": r.end_ns is None,
-        "destination": _destination(r),
+        "destination": destination(r),
         "source": h.source,
         "source_note": h.source_note,
     }
-
-
-def _print_holding(h: Holding, at_ns: int, out: IO[str]) -> None:
-    r, s = h.record, h.session
-    out.write(
-        f"{format_endpoint(r.ext_addr, r.ext_port, r.proto)} at {format_time(at_ns)} was held by "
-        f"{r.client or '(no session: no client name)'}\n"
-    )
-    rows = [("fingerprint", s.fingerprint if s else "(unknown: no SessionOpened found)")]
-    rows.append(("internal", format_endpoint(r.int_addr, r.int_port)))
-    if r.session:
-        opened = f", opened {format_time(s.at_ns)} from {s.remote_addr}:{s.remote_port}" if s else ""
-        rows.append(("session", f"{r.session}{opened}"))
-    end = f"{format_time(r.end_ns)} ({r.end_reason})" if r.end_ns is not None else "still held"
-    rows.append(("mapping", f"{format_time(r.created_ns)} .. {end}"))
-    if r.remote_addr:
-        rows.append(("destination", _destination(r)))
-    if h.source != "journal":
-        rows.append(("from", f"snapshot {h.source} ({h.source_note})"))
-    for name, value in rows:
-        out.write(f"  {name:<12} {value}\n")
 
 
 def cmd_who(args: argparse.Namespace) -> int:
@@ -400,7 +148,7 @@ def cmd_who(args: argparse.Namespace) -> int:
         for n, h in enumerate(holders):
             if n:
                 sys.stdout.write("\n")
-            _print_holding(h, at_ns, sys.stdout)
+            sys.stdout.write("".join(line + "\n" for line in describe(h, at_ns)))
     return EXIT_OK if holders else EXIT_PROBLEM
 
 
@@ -474,7 +222,7 @@ class WindowScan:
         start, merge = self._start()
         pending: set[int] | None = None  # after `until`: the endpoints whose end we still wait for
         sessions: set[int] = set()  # and the sessions
-        for ev in j.events(start_seq=start, progress=self.progress):
+        for ev in j.events(start_seq=start, progress=self.progress.advance if self.progress else None):
             if merge is not None and ev.seq > merge.upto_seq:
                 tracker.merge(merge)
                 merge = None
@@ -534,7 +282,7 @@ def _record_json(r: MappingRecord, fingerprint: str | None) -> dict[str, Any]:
         "end": format_time(r.end_ns) if r.end_ns is not None else None,
         "end_ns": r.end_ns,
         "end_reason": r.end_reason,
-        "destination": _destination(r),
+        "destination": destination(r),
         "packets_out": r.packets_out,
         "bytes_out": r.bytes_out,
         "packets_in": r.packets_in,
@@ -711,48 +459,71 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
-    """Write the missing or stale ``.idx`` files (the one command that writes into the journal)."""
+    """Write the missing, stale or bad ``.idx`` files (besides repair, the one command that writes)."""
     j = _open(args)
     written = current = 0
-    for seg in j.segments:
+    refused: list[str] = []  # segments not indexed because they do not read whole: damage or garbage
+    torn: list[str] = []  # the newest segment's torn tail (recovery cuts it): not indexed yet, not damage
+    removed = remove_stale_index_tmp(j.directory)
+    for i, seg in enumerate(j.segments):
         try:
-            index = segment_index(seg.path)
+            st = seg.path.stat()
+            try:
+                on_disk = read_index(seg.path)
+            except JournalCorruptError:
+                on_disk = None  # bad: rewritten below
+            if on_disk is not None and is_current(on_disk, st):
+                current += 1
+                continue
+            index = build_index(seg.path, write=False)
         except FileNotFoundError:
             continue  # removed by retention meanwhile
-        on_disk = _index_on_disk(seg.path)
-        if on_disk is not None and on_disk == index and index.version == INDEX_VERSION:
-            current += 1
+        if not index.complete:
+            reader = SegmentReader(j.directory, salvage=True)
+            list(reader.segment_frames(seg.first_seq, seg.path, i == len(j.segments) - 1))
+            if {n.kind for n in reader.notes} == {"torn_tail"}:
+                torn.append(f"{seg.path.name}: not indexed: it ends in a torn tail (recovery cuts it)")
+            else:
+                why = "; ".join(n.detail for n in reader.notes) or "its frames do not read whole"
+                refused.append(f"{seg.path.name}: not indexed: not a whole journal segment ({why})")
             continue
         try:
-            write_segment_index(seg.path, index)
+            write_index(seg.path, index)
         except PermissionError:
             raise UsageError(
                 f"{index_path(seg.path)}: cannot write (permission denied); run reindex as the journal's "
                 "owner (the gateway's user)"
             ) from None
         written += 1
+    for line in torn + refused:
+        sys.stderr.write(f"{PROG}: {line}\n")
     if args.json:
-        emit_json({"segments": len(j.segments), "written": written, "current": current}, sys.stdout)
+        emit_json(
+            {
+                "segments": len(j.segments),
+                "written": written,
+                "current": current,
+                "refused": refused,
+                "torn": torn,
+                "removed_tmp": [p.name for p in removed],
+            },
+            sys.stdout,
+        )
     else:
         sys.stdout.write(
-            f"{args.dir}: {len(j.segments)} segments: wrote {written} indexes, {current} already current\n"
+            f"{args.dir}: {len(j.segments)} segments: wrote {written} indexes, {current} already current"
+            + (f", {len(refused)} refused (damaged)" if refused else "")
+            + (f", removed {len(removed)} leftover .idx.tmp files" if removed else "")
+            + "\n"
         )
-    return EXIT_OK
-
-
-def _index_on_disk(path: Path) -> SegmentIndex | None:
-    """The segment's ``.idx`` as stored, or None if absent or unreadable."""
-    try:
-        return msgspec.msgpack.decode(index_path(path).read_bytes(), type=SegmentIndex)
-    except (OSError, msgspec.DecodeError):
-        return None
+    return EXIT_DAMAGED if refused else EXIT_OK
 
 
 # ---------------------------------------------------------------------- command line
 
 
 def _open(args: argparse.Namespace) -> Journal:
-    return Journal(args.dir, salvage=args.salvage, progress=progress_enabled(args))
+    return Journal(args.dir, salvage=args.salvage)
 
 
 def build_parser() -> Parser:
@@ -773,7 +544,13 @@ def build_parser() -> Parser:
 
 times: RFC 3339 with a UTC offset (2026-11-23T10:02:17Z, 2026-11-23T11:02:17.250+01:00) or epoch
 seconds (1795000000.5). A mapping holds its public endpoint over [created, expired).
-exit status: 0 answered, 1 nobody held it / corrupt journal, 2 bad usage or no journal there.""",
+exit status:
+  0  answered (who: someone held it)
+  1  who: nobody held it
+  2  bad usage, or no journal there
+  3  the journal is damaged where the answer needs it (corrupt data, a sequence gap such as a removed
+     segment file, an unknown state; reindex: a segment that is not whole): no answer was given;
+     --salvage reads around the damage and names it in notes""",
     )
     parser.add_argument("dir", metavar="DIR", help="the journal directory")
     add_common_options(parser, sub=False)
@@ -786,7 +563,9 @@ exit status: 0 answered, 1 nobody held it / corrupt journal, 2 bad usage or no j
         description=wrap(
             "Which client held public ADDR:PORT[/udp|tcp|icmp] at time T: name, certificate "
             "fingerprint, internal endpoint, session, and the mapping's start and end. Without /proto, every "
-            "protocol that matches is answered. Exit 1 and 'nobody held ...' when no mapping held it."
+            "protocol that matches is answered. Exit 1 and 'nobody held ...' when no mapping held it; exit 3 "
+            "when the journal is damaged where the answer needs it (a gap, corrupt data), so that 'nobody' "
+            "is never a guess."
         ),
         epilog=f"example:\n  {PROG} DIR who 198.51.100.2:40001/udp --at 2026-11-23T10:02:17Z\n"
         "--json: one JSON document {query, held, holders: [...], notes}",

@@ -14,6 +14,8 @@ Theory of operation
   NAT promises over the events: no external endpoint held twice at once, every expiry matches a live
   mapping, no endpoint handed out again within the reuse delay, and every snapshot agrees with the
   events before it.
+- ``repair`` (the one command that writes) cuts damage off the newest segment, keeping what it cuts in
+  ``<segment>.broken``, so that recovery can start (``journal.recovery.repair``).
 - ``stats`` counts events, follows live mappings per client and per public address for their peaks,
   and summarizes mapping lifetimes; ``--plot`` draws them with matplotlib (``pip install 'gw[plot]'``).
 
@@ -36,10 +38,10 @@ from gw import inet
 from gw.config import PORT_REUSE_DELAY_S, NatConfig
 from gw.errors import UsageError
 from gw.nat import Nat
-from journal.errors import CorruptFrame, JournalCorruptError, TornFrame
 from journal.events import (
     GatewayStarted,
     GatewayStopped,
+    Heartbeat,
     JournalEvent,
     MappingCreated,
     MappingExpired,
@@ -49,14 +51,14 @@ from journal.events import (
     SessionRefused,
     SnapshotTaken,
 )
-from journal.frames import decode_frame, decode_header, new_decompressor, next_frame_offset
-from journal.segments import SEGMENT_RE
+from journal.holders import MappingRecord, Tracker
+from journal.reader import Journal
+from journal.recovery import repair
+from journal.segments import segment_paths
 from tools.common import (
+    EXIT_DAMAGED,
     EXIT_OK,
-    Journal,
-    MappingRecord,
     Parser,
-    Tracker,
     add_common_options,
     emit_json,
     event_type_name,
@@ -70,6 +72,7 @@ from tools.common import (
     proto_name,
     report_notes,
     run_tool,
+    seconds_arg,
     wrap,
 )
 from tools.stats import cmd_stats
@@ -79,6 +82,8 @@ __all__ = ["main", "state_at"]
 
 PROG = "gw-replay"
 FOLLOW_POLL_S = 0.5  # how often --follow looks for new frames
+MAX_POLL_S = 3600.0  # --poll above an hour is a typo, not a wish
+MAX_REUSE_DELAY_S = 86400.0 * 365  # --reuse-delay: a year; the gateway's own is minutes
 _ADDR_FIELDS = ("int_addr", "ext_addr", "vpn_addr")
 
 
@@ -166,6 +171,8 @@ def format_event(ev: JournalEvent, rec: MappingRecord | None, sessions: dict[int
         return f"{head}gateway started   version {ev.version} pool [{pool}]{flags}"
     if t is GatewayStopped:
         return f"{head}gateway stopped   ({ev.reason})"
+    if t is Heartbeat:
+        return f"{head}heartbeat         {ev.mappings_count} mappings"
     if t is SnapshotTaken:
         return f"{head}snapshot taken    after seq {ev.upto_seq}, {ev.mappings_count} mappings, {ev.file}"
     return f"{head}{event_type_name(ev)}"  # a type newer than this tool
@@ -288,50 +295,28 @@ def _follow(
     out: IO[str],
 ) -> None:
     """Poll for frames after ``last_seq`` as the writer appends and rotates; return past ``until``."""
-    dctx = new_decompressor()
-    directory = j.directory
+    reader = j.reader
     path: Path | None = None
     offset = 0
     lo = -(1 << 63) if since is None else since
+    noted = len(j.notes)
     while True:
-        segs = sorted(
-            (int(m.group(1)), directory / n) for n in _listdir(directory) if (m := SEGMENT_RE.match(n))
-        )
-        if path is None or (not path.exists()):
+        segs = segment_paths(j.directory)
+        if path is None or not path.exists():
             holding = [p for s, p in segs if s <= last_seq + 1]
             path, offset = (holding[-1] if holding else (segs[0][1] if segs else None)), 0
         progressed = False
         if path is not None:
-            try:
-                buf = path.read_bytes()
-            except FileNotFoundError:
-                buf = b""
-            while offset < len(buf):
-                try:
-                    h = decode_header(buf, offset)
-                    if h.end > len(buf):
-                        break  # being written: wait for the rest
-                    if h.last_seq <= last_seq:
-                        offset = h.end
-                        continue
-                    events = decode_frame(buf, offset, dctx)[0]
-                except TornFrame:
-                    break
-                except CorruptFrame as exc:
-                    if next_frame_offset(buf, offset + 1) is None:
-                        break  # maybe a frame still being written
-                    if not args.salvage:
-                        raise JournalCorruptError(path, offset, exc.detail) from None
-                    resume = next_frame_offset(buf, offset + 1, whole=True, dctx=dctx)
-                    j.note("skipped", path, offset, 0, f"skipped bad data at offset {offset}: {exc.detail}")
-                    report_notes(PROG, j)
-                    if resume is None:
-                        break
-                    offset = resume
+            frames, offset = reader.poll(path, offset)
+            if len(j.notes) > noted:
+                for note in j.notes[noted:]:
+                    sys.stderr.write(f"{PROG}: note: {note}\n")
+                noted = len(j.notes)
+            for frame in frames:
+                if frame.first_seq + frame.count - 1 <= last_seq:
                     continue
-                offset = h.end
                 progressed = True
-                for ev in events:
+                for ev in frame.events:
                     if ev.seq <= last_seq:
                         continue
                     if until is not None and ev.at_ns > until:
@@ -342,7 +327,7 @@ def _follow(
                     else:
                         tracker.apply(ev)
             newer = [p for s, p in segs if s > last_seq and p != path]
-            if not progressed and newer and offset >= len(buf):
+            if not progressed and newer and offset >= _size(path):
                 path, offset = newer[0], 0  # the writer rotated
                 continue
         out.flush()
@@ -350,11 +335,11 @@ def _follow(
             time.sleep(args.poll)
 
 
-def _listdir(directory: Path) -> list[str]:
+def _size(path: Path) -> int:
     try:
-        return [p.name for p in directory.iterdir()]
+        return path.stat().st_size
     except FileNotFoundError:
-        return []
+        return 0
 
 
 # ---------------------------------------------------------------------- state
@@ -387,6 +372,7 @@ def cmd_state(args: argparse.Namespace) -> int:
     j = Journal(args.dir, salvage=args.salvage)
     nat, sessions, upto, snap_name = state_at(j, at_ns)
     report_notes(PROG, j)
+    complete = not any(n.kind == "unknown_state" for n in j.notes)  # only with --salvage
     mappings = sorted(nat.mappings(), key=lambda m: (m.ext_key, m.key))
     open_sessions = [(vpn, s, name) for vpn, (s, name) in nat.table_state()[2]]
     if args.json:
@@ -396,6 +382,7 @@ def cmd_state(args: argparse.Namespace) -> int:
                 "at_ns": at_ns,
                 "upto_seq": upto,
                 "snapshot": snap_name,
+                "complete": complete,
                 "mappings": [
                     {
                         "proto": proto_name(m.proto),
@@ -425,7 +412,10 @@ def cmd_state(args: argparse.Namespace) -> int:
         return EXIT_OK
     out = sys.stdout
     source = f"snapshot {snap_name} + events to seq {upto}" if snap_name else f"events 1..{upto}"
-    out.write(f"NAT table at {format_time(at_ns)} ({source})\n\n")
+    out.write(f"NAT table at {format_time(at_ns)} ({source})\n")
+    if not complete:
+        out.write("INCOMPLETE: the state there is not fully known (see the notes on stderr)\n")
+    out.write("\n")
     out.write(f"mappings ({len(mappings)})\n")
     if mappings:
         print_table(
@@ -483,7 +473,13 @@ def build_parser() -> Parser:
 times: RFC 3339 with a UTC offset (2026-11-23T10:02:17Z, 2026-11-23T11:02:17.250+01:00) or epoch
 seconds (1795000000.5). --json: timeline prints JSON lines (one event per line); state, verify and
 stats print one JSON document.
-exit status: 0 ok, 1 problems found (verify) or a corrupt journal, 2 bad usage or no journal there.""",
+exit status:
+  0  ok (repair: repaired, or nothing to repair)
+  1  verify: problems found
+  2  bad usage, or no journal there
+  3  the journal is damaged where the command needs it (corrupt data, a sequence gap, a state that
+     cannot be known): nothing was answered; --salvage reads around it and names what it skipped;
+     repair: damage it cannot repair (an older segment: restore it from backup)""",
     )
     parser.add_argument("dir", metavar="DIR", help="the journal directory")
     add_common_options(parser, sub=False)
@@ -512,7 +508,13 @@ exit status: 0 ok, 1 problems found (verify) or a corrupt journal, 2 bad usage o
     tl.add_argument(
         "--follow", "-f", action="store_true", help="keep printing new events as the journal grows"
     )
-    tl.add_argument("--poll", type=float, default=FOLLOW_POLL_S, metavar="S", help="--follow's poll interval")
+    tl.add_argument(
+        "--poll",
+        type=seconds_arg(0, MAX_POLL_S, low_open=True),
+        default=FOLLOW_POLL_S,
+        metavar="S",
+        help=f"--follow's poll interval, more than 0 and at most {MAX_POLL_S:g} s (default {FOLLOW_POLL_S:g})",
+    )
     add_common_options(tl, sub=True)
     tl.set_defaults(func=cmd_timeline)
 
@@ -548,11 +550,11 @@ exit status: 0 ok, 1 problems found (verify) or a corrupt journal, 2 bad usage o
     )
     vf.add_argument(
         "--reuse-delay",
-        type=float,
+        type=seconds_arg(0, MAX_REUSE_DELAY_S),
         default=PORT_REUSE_DELAY_S,
         metavar="S",
-        help=f"seconds a freed external port must rest (gateway.toml [nat] port_reuse_delay_s; "
-        f"default {PORT_REUSE_DELAY_S})",
+        help=f"seconds a freed external port must rest, 0 to {MAX_REUSE_DELAY_S:g} (gateway.toml [nat] "
+        f"port_reuse_delay_s; default {PORT_REUSE_DELAY_S})",
     )
     add_common_options(vf, sub=True)
     vf.set_defaults(func=cmd_verify)
@@ -575,7 +577,60 @@ exit status: 0 ok, 1 problems found (verify) or a corrupt journal, 2 bad usage o
     ss.add_argument("--plot", metavar="FILE.png")
     add_common_options(ss, sub=True)
     ss.set_defaults(func=cmd_stats)
+
+    rp = sub.add_parser(
+        "repair",
+        help="cut damage off the newest segment so the gateway can start (keeps what it cuts)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=wrap(
+            "When recovery refuses to start because the newest segment holds damaged data (a frame that "
+            "fails its checksum, followed by whole frames or not), cut that segment at its first bad byte: "
+            "everything from there on is moved to <segment>.broken (nothing is deleted) and the journal "
+            "then ends at the last whole frame before the damage. Events in the cut part are lost to "
+            "recovery and audits; the command says how many. Damage in an older segment is not repaired "
+            "(cutting it would break the sequence): restore that segment from backup. Run it with the "
+            "gateway stopped (it takes the journal's lock). The one gw-replay command that writes."
+        ),
+        epilog=f"example:\n  {PROG} DIR repair\n"
+        "--json: one JSON document {repaired, cut: [{file, offset, bytes, kept_in, events_lost}], notes}",
+    )
+    add_common_options(rp, sub=True)
+    rp.set_defaults(func=cmd_repair)
     return parser
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    Journal(args.dir)  # usage errors first (no directory, no journal)
+    result = repair(args.dir)
+    if args.json:
+        emit_json(
+            {
+                "repaired": result.repaired,
+                "cut": [
+                    {
+                        "file": c.path.name,
+                        "offset": c.offset,
+                        "bytes": c.size_bytes,
+                        "kept_in": c.kept_in.name,
+                        "events_lost": c.events_lost,
+                    }
+                    for c in result.cuts
+                ],
+                "notes": result.problems,
+            },
+            sys.stdout,
+        )
+    else:
+        for c in result.cuts:
+            sys.stdout.write(
+                f"{c.path.name}: cut {c.size_bytes} bytes at offset {c.offset} (kept in {c.kept_in.name}); "
+                f"{c.events_lost} events in whole frames after the damage are lost\n"
+            )
+        if not result.cuts and not result.problems:
+            sys.stdout.write(f"{args.dir}: nothing to repair\n")
+    for problem in result.problems:
+        sys.stderr.write(f"{PROG}: {problem}\n")
+    return EXIT_DAMAGED if result.problems else EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,13 +17,12 @@ from gw.errors import UsageError
 from journal.events import (
     MappingCreated,
 )
+from journal.holders import MappingRecord, Tracker
+from journal.reader import Journal
 from tools.common import (
     EXIT_OK,
     NS,
-    Journal,
-    MappingRecord,
     Progress,
-    Tracker,
     emit_json,
     event_type_name,
     format_duration,
@@ -85,7 +84,7 @@ def collect_stats(
         now[0] = snap.at_ns if snap is not None else lo
         tracker.seed(snap)
     first_at = last_at = None
-    for ev in j.events(start_seq=start, progress=progress):
+    for ev in j.events(start_seq=start, progress=progress.advance if progress is not None else None):
         if ev.at_ns > hi:
             break
         if not inside[0] and ev.at_ns >= lo:

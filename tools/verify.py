@@ -3,13 +3,17 @@
 Every frame is read with ``journal.segments.SegmentReader`` in salvage mode, so every bad region, gap and
 torn tail is reported instead of stopping at the first; then the events are checked for what the NAT
 promises: no external endpoint held twice at once, every expiry matches a live mapping, no endpoint
-handed out again within the reuse delay, and every snapshot agrees with the events before it.
+handed out again within the reuse delay (``journal.events.rest_until``, the rule the NAT uses), and
+every snapshot agrees with the events before it. Audit indexes are checked too: a ``.idx`` that fails
+its checksum, or that disagrees with the segment it indexes, is a problem (``who`` then reads the
+segment instead, but it would have trusted a wrong one before).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +21,14 @@ import msgspec
 
 from gw.config import PORT_REUSE_DELAY_S
 from journal.errors import JournalCorruptError
-from journal.events import (
-    MappingCreated,
-    MappingExpired,
-)
+from journal.events import MappingCreated, MappingExpired, rest_until
+from journal.index import build_index, is_current, read_index
+from journal.reader import Journal
 from journal.segments import SegmentReader, read_snapshot
 from tools.common import (
     EXIT_OK,
     EXIT_PROBLEM,
     NS,
-    Journal,
     Progress,
     emit_json,
     format_duration,
@@ -43,7 +45,7 @@ class Finding(msgspec.Struct, frozen=True):
 
     severity: str  # "problem" | "warning"
     kind: str  # corrupt | gap | torn_tail | bad_snapshot | double_held | double_internal | orphan_expiry |
-    #            early_reuse | snapshot_mismatch | time_backwards | start
+    #            early_reuse | snapshot_mismatch | time_backwards | start | bad_index | stale_index
     where: str  # file, or seq
     detail: str
 
@@ -196,7 +198,7 @@ def verify_journal(
                 else:
                     if by_int.get(held[1]) == key:
                         del by_int[held[1]]
-                    resting[key] = (ev.at_ns + reuse_ns, ev.seq)
+                    resting[key] = (rest_until(ev.at_ns, reuse_ns), ev.seq)
             if ev.seq in snaps:
                 check_snapshot(ev.seq)
     if backwards > 10:
@@ -209,6 +211,7 @@ def verify_journal(
                 name,
                 f"covers up to seq {upto} but the journal ends at seq {last_seq}",
             )
+    _check_indexes(j, add)
     for n in reader.notes:
         kind = {"skipped": "corrupt"}.get(n.kind, n.kind)
         severity = "warning" if n.kind == "torn_tail" else "problem"
@@ -228,6 +231,29 @@ def verify_journal(
     order = {"problem": 0, "warning": 1}
     findings.sort(key=lambda f: order[f.severity])
     return findings, summary
+
+
+def _check_indexes(j: Journal, add: Callable[[str, str, str, str], None]) -> None:
+    """Every ``.idx`` present: checksum, and agreement with its segment when it claims to be current."""
+    for seg in j.segments:
+        try:
+            stored = read_index(seg.path)
+        except JournalCorruptError as exc:
+            add("problem", "bad_index", f"{Path(exc.path).name} offset {exc.offset}", f"{exc.detail}; who reads "
+                "the segment instead (gw-audit DIR reindex rewrites it)")
+            continue
+        except OSError as exc:
+            add("problem", "bad_index", seg.path.name + ".idx", f"cannot read: {exc.strerror}")
+            continue
+        if stored is None:
+            continue
+        if not is_current(stored, seg.path.stat()):
+            add("warning", "stale_index", seg.path.name + ".idx", "made for an older state of the segment; "
+                "who rebuilds it in memory (gw-audit DIR reindex rewrites it)")
+            continue
+        if stored != build_index(seg.path, write=False):
+            add("problem", "bad_index", seg.path.name + ".idx", "checks out but disagrees with its segment "
+                "(endpoints, seqs or times); gw-audit DIR reindex rewrites it")
 
 
 def _key_text(key: int) -> str:

@@ -15,9 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from journal.events import MappingCreated, MappingExpired, SessionOpened
+from journal.holders import find_holders
+from journal.reader import Journal
 from tests.helpers.history import NS, History, generate, table_of, write_journal, write_with_writer
-from tools.audit import find_holders, mappings_in_window
-from tools.common import Journal
+from tools.audit import mappings_in_window
 from tools.replay import state_at
 
 # Each example generates and writes a journal (~50 ms): a bounded count keeps CI fast; the thorough profile

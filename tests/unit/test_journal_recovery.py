@@ -12,6 +12,7 @@ from journal.errors import JournalCorruptError, JournalGapError
 from journal.events import GatewayStarted, GatewayStopped, MappingCreated, Snapshot
 from journal.frames import encode_frame
 from journal.segments import segment_name, snapshot_name, write_snapshot
+from journal.writer import JournalWriter
 
 T = 1_767_225_600_000_000_000
 
@@ -149,3 +150,27 @@ def test_unfinished_snapshot_temp_files_are_removed_and_noted(tmp_path):
     assert recovery.load(tmp_path, truncate_torn_tail=False).notes == [] and tmp.exists()
     (note,) = recovery.load(tmp_path).notes
     assert note.kind == "stale_tmp" and not tmp.exists()
+
+
+def test_down_since_is_the_last_event_a_heartbeat_included_so_resume_knows_when_the_gateway_died(tmp_path):
+    """Issue 10: a journal quiet for 10 minutes, then a crash: without heartbeats resume saw a 10-minute
+    outage and ended flows that were busy until the crash."""
+    from journal.events import HEARTBEAT_INTERVAL_S, Heartbeat, MappingCreated
+
+    t0 = 1_795_000_000 * 10**9
+    created = MappingCreated(seq=1, at_ns=t0, proto=17, int_addr=1, int_port=2, ext_addr=3, ext_port=4)
+    beats = [Heartbeat(seq=2 + n, at_ns=t0 + n * HEARTBEAT_INTERVAL_S * 10**9) for n in range(120)]
+    with JournalWriter(tmp_path, fsync="never") as writer:
+        writer.submit([created, *beats])
+    rec = recovery.load(tmp_path)
+    assert rec.down_since_ns == beats[-1].at_ns == t0 + 595 * 10**9
+    assert rec.last_seq == 121 and not rec.clean
+
+
+def test_down_since_of_a_snapshot_only_journal_is_the_snapshot_time_and_none_when_empty(tmp_path):
+    from journal.events import Snapshot
+    from journal.segments import write_snapshot
+
+    assert recovery.load(tmp_path).down_since_ns is None
+    write_snapshot(tmp_path, Snapshot(upto_seq=0, at_ns=123), fsync=False)
+    assert recovery.load(tmp_path).down_since_ns == 123

@@ -175,14 +175,31 @@ def test_second_torn_tail_is_kept_beside_the_first(tmp_path):
     assert (tmp_path / (path.name + ".broken.1")).stat().st_size == 9
 
 
-def test_whole_last_frame_with_a_bad_checksum_and_nothing_after_is_a_torn_tail(tmp_path):
+def test_whole_last_frame_with_a_bad_checksum_is_damage_not_a_torn_tail_and_names_repair(tmp_path):
+    """Bit rot in the newest segment's last frame: whole in length, so the write had finished (issue 10)."""
     path, offsets = write_segment(tmp_path, [batch(1, 3), batch(4, 3)])
     data = bytearray(path.read_bytes())
-    data[-3] ^= 0xFF  # pages of the last write lost out of order before power failed
+    data[-3] ^= 0xFF
     path.write_bytes(bytes(data))
+    with pytest.raises(JournalCorruptError) as info:
+        list(SegmentReader(tmp_path, truncate_torn_tail=True).events())
+    assert info.value.offset == offsets[1] and "not a torn write" in str(info.value)
+    assert f"gw-replay {tmp_path} repair" in str(info.value)
+    assert path.read_bytes() == bytes(data)  # nothing cut as routine
+    reader = SegmentReader(tmp_path, salvage=True)
+    assert seqs(reader.events()) == [1, 2, 3] and [n.kind for n in reader.notes] == ["skipped"]
+
+
+@pytest.mark.parametrize("cut", [1, 20, FRAME_HEADER_LEN, FRAME_HEADER_LEN + 5])
+def test_a_frame_cut_short_is_a_torn_tail_and_zeros_are_too(tmp_path, cut):
+    path, offsets = write_segment(tmp_path, [batch(1, 3), batch(4, 3)])
+    os.truncate(path, offsets[1] + cut)
     reader = SegmentReader(tmp_path, truncate_torn_tail=True)
-    assert seqs(reader.events()) == [1, 2, 3]
-    assert reader.notes[0].kind == "torn_tail" and "checksum" in reader.notes[0].detail
+    assert seqs(reader.events()) == [1, 2, 3] and [n.kind for n in reader.notes] == ["torn_tail"]
+    with open(path, "ab") as f:
+        f.write(b"\0" * 300)  # a file extended before its data reached the disk
+    reader = SegmentReader(tmp_path)
+    assert seqs(reader.events()) == [1, 2, 3] and [n.kind for n in reader.notes] == ["torn_tail"]
 
 
 def test_committed_torn_tail_vector_is_cut_at_the_third_frame(tmp_path):
@@ -232,7 +249,8 @@ def test_salvage_reads_past_garbage_and_torn_frames_in_older_segments(tmp_path):
     newest.write_bytes(b"\x00" * 100 + newest.read_bytes() + b"GWJ1 trailing junk")
     reader = SegmentReader(tmp_path, salvage=True)
     assert seqs(reader.events()) == [1, 2, 3, 7, 8]
-    assert [n.kind for n in reader.notes] == ["skipped", "skipped", "gap", "torn_tail"]
+    # the gap is named at the segment boundary (seq 4 expected, the newest is named for seq 7)
+    assert [n.kind for n in reader.notes] == ["skipped", "gap", "skipped", "torn_tail"]
 
 
 def test_salvage_never_modifies_files(tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from journal import recovery
-from journal.errors import JournalError, JournalGapError
+from journal.errors import JournalError, JournalFullError, JournalGapError
 from journal.events import MappingCreated, MappingExpired, Snapshot
 from journal.index import build_index, index_path, load_or_build_index
 from journal.segments import SegmentReader, list_segments, list_snapshots, segment_name
@@ -367,14 +367,29 @@ def test_snapshot_whose_build_fails_is_reported(tmp_path):
 # -- misuse is loud --------------------------------------------------------------------------------
 
 
-def test_submitted_seq_gap_is_reported_and_written_as_given(tmp_path):
+def test_a_submitted_seq_gap_or_overlap_is_refused_at_submit_and_nothing_is_queued(tmp_path):
+    """Issue 10: a gap written "as given" made recovery refuse the journal; refuse it where the caller is."""
     sink = Collect()
     with make_writer(tmp_path, sink, batch_age_s=60) as writer:
-        writer.submit(batch(1, 5) + batch(7, 3))
-    (error,) = sink.errors
-    assert isinstance(error, JournalGapError) and (error.expected_seq, error.got_seq) == (6, 7)
-    with pytest.raises(JournalGapError):
-        seqs_in(tmp_path)  # the reader sees the same gap, at the frame the writer split there
+        writer.submit(batch(1, 5))
+        for bad in (batch(7, 3), batch(5, 2), batch(1, 5)):  # a gap, an overlap, a replay
+            with pytest.raises(JournalGapError) as info:
+                writer.submit(bad)
+            assert info.value.expected_seq == 6 and "nothing queued" in str(info.value)
+        with pytest.raises(JournalGapError):
+            writer.submit(batch(6, 2) + batch(9, 1))  # not consecutive inside the batch
+        writer.submit(batch(6, 3))
+    assert sink.errors == [] and seqs_in(tmp_path) == list(range(1, 9))
+
+
+def test_submit_continues_an_existing_journal_and_refuses_what_does_not(tmp_path):
+    with make_writer(tmp_path) as writer:
+        writer.submit(batch(1, 4))
+    with make_writer(tmp_path) as writer:
+        with pytest.raises(JournalGapError):
+            writer.submit(batch(1, 2))  # a NAT not started at recovery's last_seq + 1
+        writer.submit(batch(5, 2))
+    assert seqs_in(tmp_path) == list(range(1, 7))
 
 
 def test_events_that_cannot_be_encoded_are_reported_not_silently_dropped(tmp_path):
@@ -478,3 +493,248 @@ def test_full_disk_at_close_raises_and_hands_back_the_unwritten_events(tmp_path)
     assert report["raised"] == ["JournalFullError", str(3000 - durable), str(durable + 1), "3000"]
     assert seqs_in(tmp_path) == list(range(1, durable + 1))  # a whole prefix: the partial frame was cut
     assert recovery.load(tmp_path).notes == []
+
+
+# -- durability is an fsync, in order; a dead thread and a full disk are loud (issue 10) --------------
+
+
+class FsyncRecorder:
+    """Wraps os.fsync and on_durable: the order of writes, fsyncs and durability reports, by file."""
+
+    def __init__(self, monkeypatch, fail_first: int = 0) -> None:
+        self.log: list[tuple] = []
+        self.fail_left = fail_first
+        real_fsync, real_write = os.fsync, os.write
+
+        def fsync(fd: int) -> None:
+            if self.fail_left and self._is_segment(fd):
+                self.fail_left -= 1
+                self.log.append(("fsync_failed", fd))
+                raise OSError(5, "Input/output error")  # EIO: the kernel may have dropped the pages
+            real_fsync(fd)
+            if self._is_segment(fd):  # directory and snapshot fsyncs make no frame durable
+                self.log.append(("fsync", fd, os.fstat(fd).st_size))
+
+        def write(fd: int, data) -> int:
+            n = real_write(fd, data)
+            if self._is_segment(fd):
+                self.log.append(("write", fd, os.lseek(fd, 0, os.SEEK_CUR)))
+            return n
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "write", write)
+
+    @staticmethod
+    def _is_segment(fd: int) -> bool:
+        try:
+            return os.readlink(f"/proc/self/fd/{fd}").endswith(".gwj")
+        except OSError:
+            return False
+
+    def on_durable(self, seq: int) -> None:
+        self.log.append(("durable", seq))
+
+
+def _segment_end_of(directory: Path, seq: int) -> tuple[str, int]:
+    """(segment name, byte offset after the frame holding ``seq``)."""
+    for info in list_segments(directory):
+        if info.first_seq <= seq <= info.last_seq:
+            from journal.segments import walk_headers
+
+            headers, _, _ = walk_headers(info.path)
+            return info.path.name, next(h.end for h in headers if h.first_seq <= seq <= h.last_seq)
+    raise AssertionError(seq)
+
+
+def _check_every_durable_follows_an_fsync_covering_it(log: list[tuple], directory: Path) -> int:
+    """Each ("durable", seq) comes after an fsync of seq's segment taken when it held seq's frame."""
+    checked = 0
+    synced: dict[int, int] = {}  # fd -> size at its last successful fsync
+    for entry in log:
+        if entry[0] == "fsync":
+            synced[entry[1]] = entry[2]
+        elif entry[0] == "durable":
+            name, end = _segment_end_of(directory, entry[1])
+            assert any(size >= end for size in synced.values()), f"on_durable({entry[1]}) before an fsync of {name}"
+            checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("policy", ["always", "interval"])
+def test_on_durable_never_fires_before_an_fsync_covering_that_frame(tmp_path, monkeypatch, policy):
+    """With os.fsync a no-op every other durability test still passes (a SIGKILL keeps the page cache);
+    this one records the calls and fails if a durability report precedes the fsync that makes it true."""
+    rec = FsyncRecorder(monkeypatch)
+    with JournalWriter(
+        tmp_path, fsync=policy, fsync_interval_s=0.0, batch_count=16, batch_age_s=0, on_durable=rec.on_durable
+    ) as writer:
+        for first in range(1, 200, 13):
+            writer.submit(batch(first, 13))
+        writer.flush(timeout=10)
+    monkeypatch.undo()
+    assert _check_every_durable_follows_an_fsync_covering_it(rec.log, tmp_path) > 0
+    assert any(e[0] == "fsync" for e in rec.log)
+
+
+def test_the_durability_check_itself_fails_when_fsync_is_skipped(tmp_path, monkeypatch):
+    """Break the guarantee on purpose: a writer whose _sync reports without fsyncing must be caught."""
+    rec = FsyncRecorder(monkeypatch)
+
+    def lying_sync(self: JournalWriter) -> None:
+        if self._written > self._synced:
+            self._synced = self._written
+            self._durable(self.written_seq)  # no fsync
+
+    monkeypatch.setattr(JournalWriter, "_sync", lying_sync)
+    with JournalWriter(tmp_path, fsync="always", batch_count=16, batch_age_s=0, on_durable=rec.on_durable) as w:
+        w.submit(batch(1, 40))
+        w.flush(timeout=10)
+    monkeypatch.undo()
+    durable_seqs = [e[1] for e in rec.log if e[0] == "durable"]
+    first_fsync = next((i for i, e in enumerate(rec.log) if e[0] == "fsync"), len(rec.log))
+    assert durable_seqs and rec.log.index(("durable", durable_seqs[0])) < first_fsync
+    with pytest.raises(AssertionError, match="before an fsync"):
+        _check_every_durable_follows_an_fsync_covering_it(rec.log, tmp_path)
+
+
+def test_a_failed_fsync_rewrites_the_unsynced_frames_and_reports_durable_only_after_a_good_one(tmp_path, monkeypatch):
+    sink = Collect()
+    rec = FsyncRecorder(monkeypatch, fail_first=2)
+    writer = JournalWriter(
+        tmp_path,
+        fsync="always",
+        batch_count=10,
+        batch_age_s=0,
+        retry_interval_s=0.01,
+        on_durable=lambda seq: (rec.on_durable(seq), sink.on_durable(seq)),
+        on_error=sink.on_error,
+    )
+    with writer:
+        writer.submit(batch(1, 30))
+        assert sink.wait_for(30)
+        writer.submit(batch(31, 5))
+        writer.flush(timeout=10)
+    monkeypatch.undo()
+    kinds = [e[0] for e in rec.log]
+    assert kinds.count("fsync_failed") == 2
+    assert "fsync" in str(sink.errors[0]) and "Input/output error" in str(sink.errors[0])
+    first_fail = kinds.index("fsync_failed")
+    assert "durable" not in kinds[first_fail : kinds.index("fsync", first_fail)]  # nothing durable meanwhile
+    assert kinds[first_fail + 1 : kinds.index("fsync", first_fail)].count("write") >= 1  # the rewrite
+    assert _check_every_durable_follows_an_fsync_covering_it(rec.log, tmp_path) > 0
+    assert seqs_in(tmp_path) == list(range(1, 36)) and recovery.load(tmp_path).notes == []
+
+
+def test_a_dead_writer_thread_makes_submit_and_flush_raise_and_alive_false(tmp_path, monkeypatch):
+    sink = Collect()
+    writer = make_writer(tmp_path, sink, batch_age_s=0)
+    writer.start()
+    writer.submit(batch(1, 3))
+    assert writer.flush(timeout=10) == 3 and writer.alive
+
+    def bug(self: JournalWriter, force: bool) -> None:
+        raise RuntimeError("a bug in the writer")
+
+    monkeypatch.setattr(JournalWriter, "_commit", bug)
+    writer.submit(batch(4, 3))
+    with pytest.raises(JournalError, match="thread died.*a bug in the writer"):
+        writer.flush(timeout=10)  # woken, not left waiting, and not the old durable_seq
+    assert not writer.alive
+    with pytest.raises(JournalError, match="thread died"):
+        writer.submit(batch(7, 1))
+    with pytest.raises(JournalError, match="thread died"):
+        writer.submit_snapshot(Snapshot(upto_seq=3, at_ns=T))
+    assert any("journal writer thread failed" in str(e) for e in sink.errors)
+    with pytest.raises(RuntimeError):
+        writer.close(timeout=10)
+
+
+def test_backlog_is_bounded_and_past_it_submit_refuses_counts_and_alarms_once(tmp_path):
+    sink = Collect()
+    writer = make_writer(tmp_path, sink, batch_count=8, max_backlog_events=32)
+    # not started: nothing drains, as when every write fails
+    writer.submit(batch(1, 30))
+    assert writer.backlog_events == 30 and not writer.backlogged
+    for first in (31, 31, 31):
+        with pytest.raises(JournalFullError) as info:
+            writer.submit(batch(first, 5))
+    assert "refused" in str(info.value) and writer.refused_events == 15
+    assert len(sink.errors) == 1  # one alarm per episode, every refusal counted
+    writer.submit(batch(31, 2))
+    assert writer.backlogged
+    writer.close(timeout=10)
+    assert seqs_in(tmp_path) == list(range(1, 33))
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 1 MiB tmpfs made for the test and removed after it (root only)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a size-limited tmpfs needs root")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mnt)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_on_a_full_filesystem_the_backlog_stops_at_its_bound_instead_of_filling_memory(small_fs):
+    sink = Collect()
+    writer = JournalWriter(
+        small_fs / "j",
+        fsync="always",
+        batch_count=256,
+        batch_age_s=0,
+        retry_interval_s=0.01,
+        max_backlog_events=4096,
+        on_durable=sink.on_durable,
+        on_error=sink.on_error,
+    )
+    writer.start()
+    filler = small_fs / "filler"
+    with open(filler, "wb") as f:  # leave the journal a few KiB
+        try:
+            while True:
+                f.write(os.urandom(64 << 10))
+                f.flush()
+        except OSError:
+            pass
+    refused = 0
+    seq = 1
+    for _ in range(400):  # incompressible events, far more than the disk or the bound holds
+        events = [
+            MappingCreated(seq=s, at_ns=T + s, proto=17, int_addr=int.from_bytes(os.urandom(4)), int_port=s % 65536,
+                           ext_addr=int.from_bytes(os.urandom(4)), ext_port=s % 65536, client=os.urandom(8).hex())
+            for s in range(seq, seq + 256)
+        ]
+        try:
+            writer.submit(events)
+            seq += 256
+        except JournalFullError:
+            refused += 1
+    assert refused > 0 and writer.backlogged and writer.refused_events == refused * 256
+    assert writer.backlog_events <= 4096
+    assert any(type(e).__name__ == "JournalFullError" for e in sink.errors)  # the disk: reported
+    assert any("refused" in str(e) for e in sink.errors)  # the bound: alarmed
+    filler.unlink()  # space returns: the backlog drains and nothing accepted is lost
+    assert writer.flush(timeout=20) == seq - 1
+    writer.close(timeout=20)
+    assert seqs_in(small_fs / "j") == list(range(1, seq))
+
+
+def test_start_indexes_the_crashed_runs_last_segment_and_removes_leftover_index_tmp(tmp_path):
+    with make_writer(tmp_path, batch_count=4, batch_age_s=0) as writer:
+        writer.submit(batch(1, 10))
+    (seg,) = sorted(tmp_path.glob("seg-*.gwj"))
+    index_path(seg).unlink()  # what a crash leaves: the writer never closed that segment
+    leftover = tmp_path / (seg.name + ".idx.tmp")
+    leftover.write_bytes(b"half an index")
+    with make_writer(tmp_path) as writer:
+        writer.submit(batch(11, 2))
+    assert not leftover.exists()
+    assert load_or_build_index(seg, write=False) == build_index(seg, write=False)
+    assert index_path(seg).exists()

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from journal import recovery
+from journal import holders, reader, recovery
 from journal.events import MappingCreated, MappingExpired, SessionClosed, SessionOpened
 from journal.frames import encode_frame
 from journal.index import build_index, index_path
 from journal.segments import segment_name, write_snapshot
 from tests.helpers.history import NS, T0, fingerprint, generate, write_journal, write_with_writer
-from tools import audit, common
+from tools import common
 from tools.audit import EXPORT_FIELDS, main
 from tools.common import format_time
 
@@ -174,8 +174,8 @@ def test_who_finds_the_later_holder_of_the_same_endpoint(journal, capsys):
     ],
 )
 def test_who_holds_over_created_up_to_not_including_expired(journal, seconds, holder):
-    j = common.Journal(journal)
-    got = audit.find_holders(j, PUB, 40001, 17, T0 + round(seconds * NS))
+    j = reader.Journal(journal)
+    got = holders.find_holders(j, PUB, 40001, 17, T0 + round(seconds * NS))
     assert [h.record.client for h in got] == ([holder] if holder else [])
 
 
@@ -214,17 +214,17 @@ def test_who_reads_only_segments_whose_index_names_the_endpoint(tmp_path, monkey
     creates = [e for e in h.events if type(e) is MappingCreated and e.session]
     target = creates[len(creates) // 2]
     decoded: list[int] = []
-    real = common.Journal.segment_events
-    monkeypatch.setattr(common.Journal, "segment_events", lambda self, i: decoded.append(i) or real(self, i))
-    j = common.Journal(d)
+    real = reader.Journal.segment_events
+    monkeypatch.setattr(reader.Journal, "segment_events", lambda self, i: decoded.append(i) or real(self, i))
+    j = reader.Journal(d)
     assert len(j.segments) > 20
-    got = audit.find_holders(j, target.ext_addr, target.ext_port, target.proto, target.at_ns + 1)
+    got = holders.find_holders(j, target.ext_addr, target.ext_port, target.proto, target.at_ns + 1)
     assert [g.record.created_seq for g in got] == [target.seq]
     # the segment with the mapping, maybe the next with its expiry; the session came from a snapshot
     home = j.segment_for_seq(target.seq)
     assert set(decoded) <= {home, home + 1}, (sorted(set(decoded)), home)
     decoded.clear()
-    assert audit.find_holders(common.Journal(d), PUB, 39999, 17, h.end_ns) == []  # never handed out
+    assert holders.find_holders(reader.Journal(d), PUB, 39999, 17, h.end_ns) == []  # never handed out
     assert decoded == []
 
 
@@ -269,7 +269,7 @@ def test_who_corrupt_segment_is_one_line_naming_file_and_offset_and_salvage_read
     data[second + 60] ^= 0xFF
     seg.write_bytes(bytes(data))
     code, out, err = run(capsys, journal, "who", "198.51.100.2:40001/udp", "--at", iso(250))
-    assert code == 1 and out == ""
+    assert code == 3 and out == ""  # damage has its own exit code
     assert err.count("\n") == 1 and "Traceback" not in err
     assert seg.name in err and f"byte {second}" in err and "--salvage" in err
     code, out, err = run(capsys, journal, "--salvage", "who", "198.51.100.2:40001/udp", "--at", iso(650))
@@ -631,7 +631,7 @@ def test_tools_never_write_into_the_journal_and_build_missing_indexes_in_memory(
     after = {p.name: p.stat().st_mtime_ns for p in d.iterdir()}
     assert after == before and not list(d.glob("*.idx"))
     seg = sorted(d.glob("seg-*.gwj"))[0]
-    assert common.segment_index(seg) is common.segment_index(seg)  # built once per process
+    assert reader.segment_index(seg) is reader.segment_index(seg)  # built once per process
 
 
 def test_reindex_writes_the_missing_indexes_and_nothing_else(tmp_path, capsys):
@@ -644,10 +644,17 @@ def test_reindex_writes_the_missing_indexes_and_nothing_else(tmp_path, capsys):
     assert code == 0 and f"wrote {len(segs)} indexes, 0 already current" in out and err == ""
     assert {p.name: p.read_bytes() for p in d.iterdir() if p.suffix != ".idx"} == before
     for seg in segs:
-        assert build_index(seg, write=False) == common.segment_index(seg)
+        assert build_index(seg, write=False) == reader.segment_index(seg)[0]
         assert index_path(seg).exists()
     code, out, _ = run(capsys, d, "--json", "reindex")
-    assert code == 0 and json.loads(out) == {"segments": len(segs), "written": 0, "current": len(segs)}
+    assert code == 0 and json.loads(out) == {
+        "segments": len(segs),
+        "written": 0,
+        "current": len(segs),
+        "refused": [],
+        "torn": [],
+        "removed_tmp": [],
+    }
     code, out, _ = run(capsys, "--help")
     assert "reindex" in out and "only" in out
 
@@ -671,7 +678,7 @@ def test_export_to_a_file_leaves_it_untouched_when_the_scan_fails(journal, tmp_p
     data[data.find(b"GWJ1", 4) + 60] ^= 0xFF  # corrupt: the scan fails (strict mode)
     seg.write_bytes(bytes(data))
     code, out, err = run(capsys, journal, "export", "--from", iso(0), "--to", iso(1000), "-o", target)
-    assert code == 1 and "corrupt journal data" in err
+    assert code == 3 and "corrupt journal data" in err
     assert target.read_text() == "yesterday's export\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["day.csv", "journal"])
     code, _, err = run(
@@ -687,3 +694,114 @@ def test_export_refuses_a_file_anywhere_inside_the_journal(journal, capsys):
     )
     assert code == 2 and "outside the journal directory" in err
     shutil.rmtree(journal / "sub")
+
+
+# ---------------------------------------------------------------------- every answer true or flagged (issue 10)
+
+
+def test_who_across_a_removed_middle_segment_is_a_gap_exit_3_never_a_wrong_holder(tmp_path, capsys):
+    d = tmp_path / "j"
+    write_journal(d, story(), frame_events=2, segment_events=2)  # seg-1 (1,2) seg-3 (3,4) seg-5 (5,6) seg-7
+    (d / segment_name(5)).unlink()  # held the expiries at 200 s and 400 s
+    code, out, err = run(capsys, d, "--json", "who", "198.51.100.2:40001/udp", "--at", iso(450))
+    assert code == 3 and out == "" and "events 5..6 are missing" in err and err.count("\n") == 1
+    code, out, err = run(capsys, d, "--salvage", "--json", "who", "198.51.100.2:40001/udp", "--at", iso(450))
+    doc = json.loads(out)
+    assert any("events 5..6 are missing" in n for n in doc["notes"])  # flagged, never a silent answer
+
+
+def test_a_flipped_bit_in_an_index_is_caught_who_reads_the_segment_and_verify_reports_it(journal, capsys):
+    assert run(capsys, journal, "reindex")[0] == 0
+    seg = sorted(journal.glob("seg-*.gwj"))[0]  # holds alice's MappingCreated
+    idx = index_path(seg)
+    data = bytearray(idx.read_bytes())
+    data[-1] ^= 0x01
+    idx.write_bytes(bytes(data))
+    code, out, err = run(capsys, journal, "--json", "who", "198.51.100.2:40001/udp", "--at", iso(250))
+    doc = json.loads(out)
+    assert code == 0 and doc["holders"][0]["client"] == "alice"
+    assert any("index checksum mismatch" in n for n in doc["notes"])
+    from tools.replay import main as replay_main
+
+    assert replay_main([str(journal), "--json", "verify"]) == 1
+    findings = json.loads(capsys.readouterr().out)["findings"]
+    assert [f["kind"] for f in findings] == ["bad_index"] and seg.name in findings[0]["where"]
+    assert run(capsys, journal, "reindex")[0] == 0  # rewritten
+    assert replay_main([str(journal), "verify"]) == 0
+
+
+def _without_the_session_openings(tmp_path: Path, *, snapshot: bool) -> Path:
+    d = tmp_path / "j"
+    events = story()
+    write_journal(d, events, frame_events=2, segment_events=2)
+    if snapshot:  # taken at 450 s while both sessions were open: it lists them
+        from journal.events import Snapshot
+
+        write_snapshot(d, Snapshot(upto_seq=6, at_ns=at(450), sessions=list(events[:2])), fsync=False)
+    (d / segment_name(1)).unlink()  # retention removed the SessionOpened events
+    return d
+
+
+def test_who_after_retention_takes_the_identity_from_a_kept_snapshot_that_lists_the_session(tmp_path, capsys):
+    d = _without_the_session_openings(tmp_path, snapshot=True)
+    code, out, err = run(capsys, d, "--json", "who", "198.51.100.2:40001/udp", "--at", iso(250))
+    (h,) = json.loads(out)["holders"]
+    assert code == 0 and h["client"] == "alice" and h["fingerprint"] == fingerprint("alice")
+
+
+def test_who_says_when_retention_took_the_identity(tmp_path, capsys):
+    d = _without_the_session_openings(tmp_path, snapshot=False)
+    code, out, err = run(capsys, d, "--json", "who", "198.51.100.2:40001/udp", "--at", iso(250))
+    doc = json.loads(out)
+    assert code == 0 and doc["holders"][0]["fingerprint"] is None
+    assert any("identity" in n and "removed by retention" in n for n in doc["notes"])
+
+
+def test_help_documents_the_exit_codes_damage_has_its_own(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "1  who: nobody held it" in out and "3  the journal is damaged" in out
+
+
+def test_reindex_refuses_garbage_segments_exit_3_and_writes_no_index_for_them(journal, capsys):
+    garbage = journal / segment_name(100)
+    garbage.write_bytes(os.urandom(300))
+    code, out, err = run(capsys, journal, "reindex")
+    assert code == 3 and "1 refused" in out and garbage.name in err and "not a whole journal segment" in err
+    assert not index_path(garbage).exists()
+    assert all(index_path(p).exists() for p in journal.glob("seg-*.gwj") if p != garbage)
+
+
+def test_reindex_removes_leftover_index_temp_files(journal, capsys):
+    seg = sorted(journal.glob("seg-*.gwj"))[0]
+    leftover = seg.with_name(seg.name + ".idx.tmp")
+    leftover.write_bytes(b"half")
+    code, out, _ = run(capsys, journal, "reindex")
+    assert code == 0 and not leftover.exists() and "removed 1 leftover" in out
+
+
+def test_the_tools_have_no_frame_reader_of_their_own():
+    """One reader (issue 10): the tools read frames only through journal.segments / journal.reader."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2] / "tools"
+    for path in root.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imports = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "journal.frames"]
+        names = {a.name for n in imports for a in n.names}
+        assert not names & {"decode_frame", "decode_header", "next_frame_offset"}, path.name
+
+
+def test_salvage_notes_the_same_for_a_corrupt_middle_frame_in_every_reader(journal):
+    from journal.segments import SegmentReader
+
+    seg = sorted(journal.glob("seg-*.gwj"))[0]
+    data = bytearray(seg.read_bytes())
+    second = data.find(b"GWJ1", 4)
+    data[second + 60] ^= 0xFF
+    seg.write_bytes(bytes(data))
+    r = SegmentReader(journal, salvage=True)
+    list(r.events())
+    j = reader.Journal(journal, salvage=True)
+    list(j.events())
+    assert [n.kind for n in r.notes] == [n.kind for n in j.notes] == ["skipped", "gap"]

@@ -204,7 +204,7 @@ def test_timeline_skips_frames_outside_the_window_by_header(tmp_path, capsys):
     code, out, err = run(capsys, d, "timeline", "--to", exact(at(300)))
     assert code == 0 and len(out.splitlines()) == 31 and err == ""
     code, out, err = run(capsys, d, "timeline")
-    assert code == 1 and f"byte {victim}" in err and "payload checksum" in err
+    assert code == 3 and f"byte {victim}" in err and "payload checksum" in err
     code, out, err = run(capsys, d, "timeline", "--salvage")
     assert code == 0 and len(out.splitlines()) == 36 and "skipped" in err
 
@@ -436,7 +436,7 @@ def test_stats_plot_without_matplotlib_says_install_gw_plot(journal, tmp_path, c
         (["{dir}", "timeline", "--addr", "198.51.100"], "not an IPv4 address"),
         (["{dir}", "timeline", "--port", "x"], "'x' is not a port number (0-65535)"),
         (["{dir}", "timeline", "--from", "1795000100", "--to", "1795000000"], "is after --to"),
-        (["{dir}", "verify", "--reuse-delay", "soon"], "invalid float value"),
+        (["{dir}", "verify", "--reuse-delay", "soon"], "is not a number of seconds"),
         (["{dir}", "replay"], "invalid choice"),
     ],
 )
@@ -474,9 +474,10 @@ def test_progress_bar_only_with_progress_or_a_terminal(journal, capsys, monkeypa
     monkeypatch.setattr(common, "PROGRESS_DELAY_S", 0.0)
     monkeypatch.setattr(common, "PROGRESS_INTERVAL_S", 0.0)
     code, out, err = run(capsys, journal, "verify")
-    assert code == 0 and "verifying [" not in err  # stderr is not a terminal here
+    assert code == 0 and "verifying" not in err  # stderr is not a terminal here
     code, out, err = run(capsys, journal, "verify", "--progress")
-    assert code == 0 and "\rverifying [" in err and "ok, 0 warnings" in out
+    assert code == 0 and "verifying" in err and "━" in err and "ok, 0 warnings" in out  # a rich bar
+    assert "verifying" not in out  # stdout stays clean
 
 
 def test_after_retention_state_needs_a_snapshot_and_timeline_notes_what_is_missing(tmp_path, capsys):
@@ -490,7 +491,7 @@ def test_after_retention_state_needs_a_snapshot_and_timeline_notes_what_is_missi
             seg.unlink()  # what the writer's retention does once the snapshot covers them
     oldest = int(sorted(d.glob("seg-*.gwj"))[0].name[4:24])
     code, out, err = run(capsys, d, "state", "--at", exact(h.start_ns + NS))
-    assert code == 1 and f"needs events 1..{oldest - 1}, which were removed" in err and out == ""
+    assert code == 3 and f"needs events 1..{oldest - 1}, which were removed" in err and out == ""
     code, out, err = run(capsys, d, "state", "--at", exact(snap.at_ns), "--json")
     assert code == 0 and len(json.loads(out)["mappings"]) == len(snap.proto)
     code, out, err = run(capsys, d, "timeline", "--from", exact(h.start_ns))
@@ -564,3 +565,72 @@ def test_stats_plot_target_is_checked_before_the_scan(journal, tmp_path, capsys,
     code, out, err = run(capsys, journal, "stats", "--plot", target)
     assert code == 2 and out == "" and expect in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (journal / "out.png").exists()
+
+
+# ---------------------------------------------------------------------- issue 10
+
+
+def test_state_from_a_corrupt_only_snapshot_is_unknown_exit_3_not_an_empty_table(tmp_path, history, capsys):
+    d = tmp_path / "j"
+    snap = history.snapshots[0]
+    write_journal(d, [], [snap])  # a journal of one snapshot
+    path = next(d.glob("snap-*.gws"))
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    code, out, err = run(capsys, d, "state", "--at", exact(snap.at_ns + NS))
+    assert code == 3 and out == "" and "is not known" in err
+    code, out, err = run(capsys, d, "--salvage", "state", "--at", exact(snap.at_ns + NS))
+    assert code == 0 and "INCOMPLETE" in out and "is not known" in err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400", "-5"])
+def test_verify_reuse_delay_must_be_a_finite_number_0_or_more(journal, capsys, value):
+    code, out, err = run(capsys, journal, "verify", "--reuse-delay", value)
+    assert code == 2 and out == "" and "Traceback" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf", "1e400"])
+def test_follow_poll_is_checked_before_anything_is_printed(journal, capsys, value):
+    code, out, err = run(capsys, journal, "timeline", "--follow", "--poll", value)
+    assert code == 2 and out == "" and "Traceback" not in err and "--poll" in err
+
+
+def test_repair_cuts_a_bad_frame_and_the_whole_frames_after_it_so_recovery_starts(tmp_path, history, capsys):
+    from journal import recovery
+    from journal.errors import JournalCorruptError
+
+    d = tmp_path / "j"
+    write_journal(d, history.events[:40], frame_events=8, segment_events=None)
+    (seg,) = d.glob("seg-*.gwj")
+    data = bytearray(seg.read_bytes())
+    third = data.find(b"GWJ1", data.find(b"GWJ1", 4) + 4)
+    data[third + 60] ^= 0xFF  # frame 3 of 5: whole frames follow it
+    seg.write_bytes(bytes(data))
+    with pytest.raises(JournalCorruptError) as info:
+        recovery.load(d)
+    assert f"gw-replay {d} repair" in str(info.value)
+    code, out, err = run(capsys, d, "repair")
+    assert code == 0 and "16 events in whole frames after the damage are lost" in out
+    kept = seg.with_name(seg.name + ".broken")
+    assert kept.read_bytes() == bytes(data[third:]) and seg.read_bytes() == bytes(data[:third])
+    rec = recovery.load(d)
+    assert rec.last_seq == 16 and rec.notes == []
+    assert run(capsys, d, "repair")[1].endswith("nothing to repair\n")
+
+
+def test_repair_refuses_while_a_writer_holds_the_journal(journal, capsys):
+    from journal.writer import JournalWriter
+
+    with JournalWriter(journal):
+        code, out, err = run(capsys, journal, "repair")
+    assert code == 1 and "the gateway is running" in err
+
+
+def test_timeline_prints_heartbeats(tmp_path, capsys):
+    from journal.events import Heartbeat
+
+    d = tmp_path / "j"
+    write_journal(d, [Heartbeat(seq=1, at_ns=T0, mappings_count=12)])
+    code, out, _ = run(capsys, d, "timeline")
+    assert code == 0 and "heartbeat         12 mappings" in out
