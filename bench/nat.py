@@ -18,7 +18,7 @@ How each figure is taken:
   fast path buys.
 - **dpkt baseline.** The same UDP outbound translation with dpkt: parse ``dpkt.ip.IP(bytes)``, look the
   mapping up in a dict, set the source address and port, zero both checksums, ``bytes(ip)`` (which
-  recomputes them). Its output was checked equal to gw's for every flow.
+  recomputes them), after lowering the TTL (gw is a router hop). Its output was checked equal to gw's for every flow.
 - **New mappings.** 200,000 distinct UDP flows (200 clients x 1000 source ports, 8 public addresses, port
   range 1024-65535, a quota that never binds) through ``translate_outbound``, which creates and journals
   each mapping. Like the shell, one ``now`` per batch of 64 packets, and ``nat.events`` drained after each
@@ -203,6 +203,7 @@ def dpkt_case(pool: list[bytes], table: dict[tuple[bytes, int], tuple[bytes, int
             ip = IP(b)
             udp = ip.data
             ip.src, udp.sport = table[ip.src, udp.sport]
+            ip.ttl -= 1
             ip.sum = 0
             udp.sum = 0
             bytes(ip)
@@ -215,6 +216,7 @@ def dpkt_translate(b: bytes, table: dict[tuple[bytes, int], tuple[bytes, int]]) 
     ip = dpkt.ip.IP(b)
     udp = ip.data
     ip.src, udp.sport = table[ip.src, udp.sport]
+    ip.ttl -= 1
     ip.sum = 0
     udp.sum = 0
     return bytes(ip)
@@ -414,7 +416,7 @@ def main() -> None:
     ratio = dp.best_ns / gw_udp.best_ns
     ratio_cpu = dp.best_cpu_ns / gw_udp.best_cpu_ns
     dpkt_ok = min(ratio, ratio_cpu) >= TARGET_DPKT_RATIO  # noise must not make a pass
-    out(f" dpkt baseline, UDP outbound {SMALL} B (parse, dict lookup, set src/sport, zero sums, bytes()):")
+    out(f" dpkt baseline, UDP outbound {SMALL} B (parse, dict lookup, set src/sport, TTL-1, zero sums, bytes()):")
     show("dpkt", dp)
     out(f"  {'gw / dpkt':<34} {ratio:11.2f}x  (CPU time: {ratio_cpu:.2f}x)   "
         f"target >= {TARGET_DPKT_RATIO:.0f}x on both  {mark(dpkt_ok)}")

@@ -3,40 +3,57 @@
 hot path, keep the readable Python as the specification).
 
 Same checks, same order, same verdict objects, same calls for the rare work (``nat._create``,
-``nat._admit_remote``, ``nat._track_tcp``, ``_clamp_mss``) and the same fallbacks to ``nat._outbound`` /
+``nat._admit_remote``, ``nat._track_tcp``, ``clamp_mss``) and the same fallbacks to ``nat._outbound`` /
 ``nat._inbound``, looked up on the instance each time as the Python does. Only the arithmetic moves to C:
-the fields are read straight from the bytearray and the RFC 1624 updates are done in 64-bit ints with the
-Python ``%`` (always non-negative) reproduced. Mapping fields stay Python attributes; the packed counters
-stay Python ints. ``tests/property/test_fastpath_compiled.py`` checks this file against ``gw/nat.py``.
+the fields are read straight from the buffer (a ``bytearray`` directly, anything else through the buffer
+protocol, writable) and the RFC 1624 updates are done in 64-bit ints with the Python ``%`` (always
+non-negative) reproduced. Mapping fields stay Python attributes; the packed counters stay Python ints.
+``tests/property/test_fastpath_compiled.py`` checks this file against ``gw/nat.py``, and
+``tests/unit/test_fastpath_names.py`` that every ``nat.`` attribute used here exists.
+
+This module imports the modules ``gw.nat`` imports, never ``gw.nat`` itself (it is imported by it).
 """
 
+from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
+from heapq import heappush as _heappush
+
 from gw import packet as P
-from gw.nat import FORWARD, ONE_PACKET, Mapping, Nat, _clamp_mss
-from gw.packet import Drop
+from gw.clients import Client as _Client
+from gw.mapping import NO_REMOTE as _NO_REMOTE
+from gw.mapping import ONE_PACKET
+from gw.mapping import Mapping as _Mapping
+from gw.mapping import TcpMapping as _TcpMapping
+from gw.ports import HELD as _HELD
+from journal.events import MappingCreated as _MappingCreated
+from gw.rewrite import clamp_mss
 from gw.tcp_track import TcpState
+from gw.verdict import Drop, Verdict
 
 cdef object _BAD_CHECKSUM = Drop.BAD_CHECKSUM
 cdef object _NO_MAPPING = Drop.NO_MAPPING
 cdef object _FILTERED = Drop.FILTERED
-cdef object _FORWARD = FORWARD
-cdef object _MAPPING = Mapping
-cdef object _clamp = _clamp_mss
-cdef object _py_outbound = Nat.translate_outbound  # the reference, for a pkt that is not a bytearray
-cdef object _py_inbound = Nat.translate_inbound
+cdef object _FORWARD = Verdict.FORWARD
+cdef object _clamp = clamp_mss
+cdef object _DROP = Drop
+cdef object _QUOTA = Drop.QUOTA
+cdef object _PORTS_EXHAUSTED = Drop.PORTS_EXHAUSTED
+cdef object _NO_SESSION = (0, "")
+cdef object _NS = 1_000_000_000
+cdef object _EXPIRE_BUDGET = 20_000  # gw.nat.EXPIRE_BUDGET (checked by tests/unit/test_fastpath_names.py)
 cdef int64_t _ONE_PACKET = ONE_PACKET
 cdef long _SYN_OUT = TcpState.SYN_OUT
 
 cdef enum:
-    IP_CSUM = 10  # RFC 791 offsets, IHL 5
+    IP_TTL = 8  # RFC 791 offsets, IHL 5
+    IP_CSUM = 10
     IP_SRC = 12
     IP_DST = 16
-    L4 = 20
     V4_SPORT = 20
     V4_DPORT = 22
-    V4_UDP_LEN = 24
+    V4_TCP_ACK = 28
     V4_UDP_CSUM = 26
     V4_TCP_FLAGS = 33
     V4_TCP_CSUM = 36
@@ -47,9 +64,13 @@ cdef enum:
     TCP_STATE_FLAGS = TCP_SYN | TCP_FIN | TCP_RST
     SYN_RST_ACK = TCP_SYN | TCP_RST | TCP_ACK
 
-assert (P.IP_CSUM, P.IP_SRC, P.IP_DST, P.V4_SPORT, P.V4_UDP_CSUM, P.V4_TCP_FLAGS, P.V4_TCP_CSUM) == (
-    IP_CSUM, IP_SRC, IP_DST, V4_SPORT, V4_UDP_CSUM, V4_TCP_FLAGS, V4_TCP_CSUM)
-assert (P.TCP_FIN, P.TCP_SYN, P.TCP_RST, P.TCP_ACK_FLAG) == (TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK)
+# drift between these offsets and gw.packet fails the import (an ImportError, which -O keeps)
+if (P.IP_TTL, P.IP_CSUM, P.IP_SRC, P.IP_DST, P.V4_SPORT, P.V4_UDP_CSUM, P.V4_TCP_FLAGS, P.V4_TCP_CSUM,
+        P.TCP_ACK + 20) != (IP_TTL, IP_CSUM, IP_SRC, IP_DST, V4_SPORT, V4_UDP_CSUM, V4_TCP_FLAGS,
+        V4_TCP_CSUM, V4_TCP_ACK):
+    raise ImportError("gw._fastpath offsets disagree with gw.packet: rebuild it (just setup)")
+if (P.TCP_FIN, P.TCP_SYN, P.TCP_RST, P.TCP_ACK_FLAG) != (TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK):
+    raise ImportError("gw._fastpath TCP flags disagree with gw.packet: rebuild it (just setup)")
 
 
 cdef inline uint32_t get16(const uint8_t* b, Py_ssize_t at) noexcept nogil:
@@ -82,23 +103,60 @@ cdef inline uint32_t adjust(int64_t x) noexcept nogil:
 
 def translate_outbound(nat, pkt, now):
     """``Nat.translate_outbound``, compiled."""
-    if type(pkt) is not bytearray:
-        return _py_outbound(nat, pkt, now)
-    cdef Py_ssize_t n = PyByteArray_GET_SIZE(pkt)
-    cdef uint8_t* b
-    cdef uint32_t proto, w0, w1, w2, src, dst, sport, dport, flags, l4csum, ea, ep, ipcsum
+    cdef Py_buffer view
+    if type(pkt) is bytearray:
+        return _outbound(nat, pkt, <uint8_t*>PyByteArray_AS_STRING(pkt), PyByteArray_GET_SIZE(pkt), now)
+    try:
+        PyObject_GetBuffer(pkt, &view, PyBUF_WRITABLE)
+    except (TypeError, BufferError):
+        return nat._outbound(pkt, now)  # not a writable buffer: the general path judges it
+    try:
+        return _outbound(nat, pkt, <uint8_t*>view.buf, view.len, now)
+    finally:
+        PyBuffer_Release(&view)
+
+
+def translate_inbound(nat, pkt, now):
+    """``Nat.translate_inbound``, compiled."""
+    cdef Py_buffer view
+    if type(pkt) is bytearray:
+        return _inbound(nat, pkt, <uint8_t*>PyByteArray_AS_STRING(pkt), PyByteArray_GET_SIZE(pkt), now)
+    try:
+        PyObject_GetBuffer(pkt, &view, PyBUF_WRITABLE)
+    except (TypeError, BufferError):
+        return nat._inbound(pkt, now)
+    try:
+        return _inbound(nat, pkt, <uint8_t*>view.buf, view.len, now)
+    finally:
+        PyBuffer_Release(&view)
+
+
+def translate_outbound_batch(nat, pkts, now):
+    """``Nat.translate_outbound_batch``, compiled: one call for the batch."""
+    return [translate_outbound(nat, p, now) for p in pkts]
+
+
+def translate_inbound_batch(nat, pkts, now):
+    """``Nat.translate_inbound_batch``, compiled."""
+    return [translate_inbound(nat, p, now) for p in pkts]
+
+
+cdef object _outbound(nat, pkt, uint8_t* b, Py_ssize_t n, now):
+    cdef uint32_t proto, w0, w1, w2, src, dst, sport, dport, flags, ack, l4csum, ea, ep, ipcsum, total, least
     cdef uint64_t ext, rmask
-    cdef int64_t mremote
     if n < 28:
         return nat._outbound(pkt, now)
-    b = <uint8_t*>PyByteArray_AS_STRING(pkt)
     proto = b[9]
     if proto == 17:
         l4csum = get16(b, V4_UDP_CSUM)
         flags = 0
+        ack = 0
+        least = 28
     elif proto == 6 and n >= 40:
         l4csum = get16(b, V4_TCP_CSUM)
         flags = b[V4_TCP_FLAGS]
+        ack = get32(b, V4_TCP_ACK)
+        least = 40
     else:
         return nat._outbound(pkt, now)
     w0 = get32(b, 0)
@@ -108,37 +166,42 @@ def translate_outbound(nat, pkt, now):
     dst = get32(b, IP_DST)
     sport = get16(b, V4_SPORT)
     dport = get16(b, V4_DPORT)
-    # version 4 + IHL 5, total length == buffer, not a fragment, not to one of our public addresses
-    if w0 >> 24 != 0x45 or (w0 & 0xFFFF) != <uint64_t>n or w1 & 0x3FFF or dst in nat._ext_set:
+    total = w0 & 0xFFFF
+    # version 4 + IHL 5, total length inside the buffer, not a fragment, TTL above 1, not to us
+    if (w0 >> 24 != 0x45 or total < least or total > <uint64_t>n or w1 & 0x3FFF or w2 < 0x02000000
+            or dst in nat._ext_set):
         return nat._outbound(pkt, now)
     if (<uint64_t>w0 + w1 + w2 + src + dst) % 0xFFFF:
         return nat._drop(_BAD_CHECKSUM)
-    m = nat._by_int.get(<uint64_t>proto << 48 | <uint64_t>src << 16 | sport)
+    m = nat.by_int.get(<uint64_t>proto << 48 | <uint64_t>src << 16 | sport)
     rmask = nat._rmask
     r = (<uint64_t>dst << 16 | dport) & rmask
     if m is None:
         if proto == 6 and flags & SYN_RST_ACK != TCP_SYN:
             return nat._drop(_NO_MAPPING)  # RFC 5382: only a SYN opens a TCP mapping
+        if nat._caller_ports:
+            return nat._outbound(pkt, now)
         m = nat._create(proto, src, sport, dst, dport, now)
-        if type(m) is not _MAPPING:
+        if type(m) is _DROP:  # a refusal reason, not a mapping
             return nat._drop(m)
     else:
         remotes = m.remotes
         if r != m.remote and (remotes is None or r not in remotes):
             nat._admit_remote(m, r)
-    if flags & TCP_STATE_FLAGS:
-        nat._track_tcp(m, flags, True, now)
-        if flags & TCP_SYN:
-            mss = nat._mss
-            if mss:
-                _clamp(pkt, 20, mss)
-                b = <uint8_t*>PyByteArray_AS_STRING(pkt)
-                l4csum = get16(b, V4_TCP_CSUM)
+    if proto == 6:
+        if flags & TCP_ACK:
+            m.ack = ack
+        if flags & TCP_STATE_FLAGS:
+            nat._track_tcp(m, flags, True, now, pkt)
+            if flags & TCP_SYN:
+                mss = nat._mss
+                if mss:
+                    _clamp(pkt, 20, mss)
+                    l4csum = get16(b, V4_TCP_CSUM)
     ext = m.ext_key
     ea = <uint32_t>(ext >> 16)
     ep = <uint32_t>(ext & 0xFFFF)
-    ipcsum = adjust(<int64_t>ea - src - 1 - (w2 & 0xFFFF))  # RFC 1624
-    b = <uint8_t*>PyByteArray_AS_STRING(pkt)
+    ipcsum = adjust(<int64_t>ea - src - 0x101 - (w2 & 0xFFFF))  # RFC 1624: address and TTL
     if proto == 17:
         if l4csum:  # a UDP checksum of 0 means none and stays 0 (RFC 768); a computed 0 is sent as 0xFFFF
             l4csum = adjust(<int64_t>ea - src + ep - sport - 1 - l4csum)
@@ -147,32 +210,30 @@ def translate_outbound(nat, pkt, now):
         put16(b, V4_UDP_CSUM, l4csum)
     else:
         put16(b, V4_TCP_CSUM, adjust(<int64_t>ea - src + ep - sport - 1 - l4csum))
+    b[IP_TTL] = <uint8_t>((w2 >> 24) - 1)
     put16(b, IP_CSUM, ipcsum)
     put32(b, IP_SRC, ea)
     put16(b, V4_SPORT, ep)
     m.last_seen = now
-    m.out += _ONE_PACKET + n
+    m.out += _ONE_PACKET + total
     return _FORWARD
 
 
-def translate_inbound(nat, pkt, now):
-    """``Nat.translate_inbound``, compiled."""
-    if type(pkt) is not bytearray:
-        return _py_inbound(nat, pkt, now)
-    cdef Py_ssize_t n = PyByteArray_GET_SIZE(pkt)
-    cdef uint8_t* b
-    cdef uint32_t proto, w0, w1, w2, src, dst, sport, dport, flags, l4csum, ia, ip, ipcsum
+cdef object _inbound(nat, pkt, uint8_t* b, Py_ssize_t n, now):
+    cdef uint32_t proto, w0, w1, w2, src, dst, sport, dport, flags, l4csum, ia, ip, ipcsum, total, least
+    cdef uint32_t vpn_mask, vpn_net
     cdef uint64_t key, rmask
     if n < 28:
         return nat._inbound(pkt, now)
-    b = <uint8_t*>PyByteArray_AS_STRING(pkt)
     proto = b[9]
     if proto == 17:
         l4csum = get16(b, V4_UDP_CSUM)
         flags = 0
+        least = 28
     elif proto == 6 and n >= 40:
         l4csum = get16(b, V4_TCP_CSUM)
         flags = b[V4_TCP_FLAGS]
+        least = 40
     else:
         return nat._inbound(pkt, now)
     w0 = get32(b, 0)
@@ -182,11 +243,17 @@ def translate_inbound(nat, pkt, now):
     dst = get32(b, IP_DST)
     sport = get16(b, V4_SPORT)
     dport = get16(b, V4_DPORT)
-    if w0 >> 24 != 0x45 or (w0 & 0xFFFF) != <uint64_t>n or w1 & 0x3FFF:
+    total = w0 & 0xFFFF
+    vpn_mask = nat._vpn_mask
+    vpn_net = nat._vpn_net
+    # martian sources (224/3, the VPN subnet, ours, 0/8, 127/8) are judged and counted there
+    if (w0 >> 24 != 0x45 or total < least or total > <uint64_t>n or w1 & 0x3FFF or w2 < 0x02000000
+            or src >= 0xE0000000 or src & vpn_mask == vpn_net or src >> 24 == 0 or src >> 24 == 127
+            or src in nat._ext_set):
         return nat._inbound(pkt, now)
     if (<uint64_t>w0 + w1 + w2 + src + dst) % 0xFFFF:
         return nat._drop(_BAD_CHECKSUM)
-    m = nat._by_ext.get(<uint64_t>proto << 48 | <uint64_t>dst << 16 | dport)
+    m = nat.by_ext.get(<uint64_t>proto << 48 | <uint64_t>dst << 16 | dport)
     if m is None:
         return nat._drop(_NO_MAPPING)
     rmask = nat._rmask
@@ -195,18 +262,16 @@ def translate_inbound(nat, pkt, now):
     if r != m.remote and (remotes is None or r not in remotes):
         return nat._drop(_FILTERED)
     if flags & TCP_STATE_FLAGS or m.state == _SYN_OUT:
-        nat._track_tcp(m, flags, False, now)
+        nat._track_tcp(m, flags, False, now, pkt)
         if flags & TCP_SYN:
             mss = nat._mss
             if mss:
                 _clamp(pkt, 20, mss)
-                b = <uint8_t*>PyByteArray_AS_STRING(pkt)
                 l4csum = get16(b, V4_TCP_CSUM)
     key = m.key
     ia = <uint32_t>(key >> 16)
     ip = <uint32_t>(key & 0xFFFF)
-    ipcsum = adjust(<int64_t>ia - dst - 1 - (w2 & 0xFFFF))
-    b = <uint8_t*>PyByteArray_AS_STRING(pkt)
+    ipcsum = adjust(<int64_t>ia - dst - 0x101 - (w2 & 0xFFFF))
     if proto == 17:
         if l4csum:
             l4csum = adjust(<int64_t>ia - dst + ip - dport - 1 - l4csum)
@@ -215,8 +280,99 @@ def translate_inbound(nat, pkt, now):
         put16(b, V4_UDP_CSUM, l4csum)
     else:
         put16(b, V4_TCP_CSUM, adjust(<int64_t>ia - dst + ip - dport - 1 - l4csum))
+    b[IP_TTL] = <uint8_t>((w2 >> 24) - 1)
     put16(b, IP_CSUM, ipcsum)
     put32(b, IP_DST, ia)
     put16(b, V4_DPORT, ip)
-    m.inb += _ONE_PACKET + n
+    m.inb += _ONE_PACKET + total
     return _FORWARD
+
+
+def create(nat, proto, src, sport, dst, dport, now):
+    """``Nat._create``, compiled: the common case inline, every other case through the same Python calls."""
+    cdef uint64_t p = proto, s = src, sp = sport, ea, k, ext_key, key
+    cdef Py_ssize_t port
+    clients = nat.clients
+    client = clients.get(src)
+    if client is None:
+        ext_addr = min(nat.ext_addrs, key=nat._ext_clients.__getitem__)
+        low = sp < 1024 and p != 1 and nat._low_share > 0
+    else:
+        if client.count >= nat._quota:
+            nat._quota_hit(client, proto, src, sport, now)
+            return _QUOTA
+        ext_addr = client.ext_addr
+        low = sp < 1024 and p != 1 and client.low_ports < nat._low_share
+    ea = ext_addr
+    ports = nat.ports
+    port = -1
+    k = p << 32 | ea
+    if not low:
+        words = ports.words
+        state = ports.state.get(k)
+        if words and state is not None:
+            port = ports.lo + words.pop() % ports.span
+            if (<bytearray>state)[port]:
+                port = -1
+            else:
+                (<bytearray>state)[port] = _HELD
+                ports.free[k][1] -= 1
+    if port < 0:
+        port = ports.pick(proto, ext_addr, low)
+        if port < 0 and low:
+            port = ports.pick(proto, ext_addr, False)
+        if port < 0:
+            ports.sweep(now, _EXPIRE_BUDGET)
+            port = ports.pick(proto, ext_addr, False)
+            if port < 0:
+                return _PORTS_EXHAUSTED
+    # _created
+    session, name = nat.sessions.holder.get(src, _NO_SESSION)
+    seq = nat.next_seq
+    if nat._log_dest:
+        event = _MappingCreated(seq, now + nat.wall_offset, proto, src, sport, ext_addr, port, name, session,
+                                dst, dport)
+    else:
+        event = _MappingCreated(seq, now + nat.wall_offset, proto, src, sport, ext_addr, port, name, session)
+    # _insert(event, now, held=True)
+    key = p << 48 | s << 16 | sp
+    ext_key = p << 48 | ea << 16 | <uint64_t>port
+    rmask = nat._rmask
+    if rmask == 0:
+        remote = 0
+    elif nat._log_dest and dst:
+        remote = (dst << 16 | dport) & rmask
+    else:
+        remote = _NO_REMOTE
+    if p == 6:
+        m = _TcpMapping(key, ext_key, session, remote, now, now, _SYN_OUT)
+    else:
+        m = _Mapping(key, ext_key, session, remote, now, now, 0)
+    nat.by_int[key] = m
+    nat.by_ext[ext_key] = m
+    if client is None:
+        client = clients[src] = _Client(ext_addr)
+        ext_clients = nat._ext_clients
+        ext_clients[ext_addr] = ext_clients.get(ext_addr, 0) + 1
+    client.count += 1
+    client.mappings.append(m)
+    if remote > 0:
+        client.remotes += 1
+    if port < 1024:
+        client.low_ports += 1
+    second = (now + nat._first_timeout[proto]) // _NS + 1
+    wheel = nat._wheel
+    keys = wheel.get(second)
+    if keys is None:
+        wheel[second] = [key]
+        _heappush(nat._wheel_due, second)
+    else:
+        keys.append(key)
+    nat.next_seq = seq + 1
+    nat.last_mapping_seq = seq
+    nat.events.append(event)
+    if rmask:
+        if m.remote == _NO_REMOTE:
+            client.remotes += 1
+        m.remote = (dst << 16 | dport) & rmask
+    return m

@@ -29,6 +29,16 @@ TCP_MSS = 1360  # a 1400-byte tunnel MTU minus 40 bytes of IPv4 + TCP headers
 FRAGMENT_TIMEOUT_S = 30  # RFC 791 suggests 15 s for reassembly; Linux uses 30 s
 FRAGMENT_MAX_BYTES = 4 << 20  # bound memory held for out-of-order fragments, whole gateway
 FRAGMENT_MAX_DATAGRAMS = 4096  # bound the number of datagrams tracked at once
+# one source (a client outbound, a remote host inbound) may take a sixteenth of the fragment budget, so a
+# single host sending lone fragments cannot starve everyone else's reassembly-free forwarding
+FRAGMENT_MAX_BYTES_PER_SOURCE = FRAGMENT_MAX_BYTES // 16
+FRAGMENT_MAX_DATAGRAMS_PER_SOURCE = FRAGMENT_MAX_DATAGRAMS // 16
+# RFC 4787 REQ-3 keeps ports below 1024 below 1024; a share per client keeps one client from taking all
+# 1023 of them (then its low source ports map into port_range, like any other)
+LOW_PORTS_PER_CLIENT = 16
+# remotes remembered for filtering, per client (RFC 4787 REQ-8 state): about 100 B each, so 16384 bound one
+# client's filter memory near 2 MiB; past it new remotes are not admitted inbound (counted)
+MAX_REMOTES_PER_CLIENT = 16384
 
 
 class NatConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -52,6 +62,10 @@ class NatConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     fragment_timeout_s: int = FRAGMENT_TIMEOUT_S
     fragment_max_bytes: int = FRAGMENT_MAX_BYTES
     fragment_max_datagrams: int = FRAGMENT_MAX_DATAGRAMS
+    fragment_max_bytes_per_source: int = FRAGMENT_MAX_BYTES_PER_SOURCE
+    fragment_max_datagrams_per_source: int = FRAGMENT_MAX_DATAGRAMS_PER_SOURCE
+    low_ports_per_client: int = LOW_PORTS_PER_CLIENT
+    max_remotes_per_client: int = MAX_REMOTES_PER_CLIENT
 
     def port_bounds(self) -> tuple[int, int]:
         """(first, last) of ``port_range``; call after ``check``."""
@@ -160,12 +174,55 @@ def _describe(e: msgspec.ValidationError, raw: dict) -> str:
     return f"[{section}] {key} = {_toml(value)}: {head} ({fix})"
 
 
+def _fail(source: str, key: str, value: object, why: str) -> None:
+    raise ConfigError(f"{source}: {key} = {_toml(value)}: {why}")  # as written in the file (STYLE 6)
+
+
 def check(config: GatewayConfig, source: str = "gateway.toml") -> None:
     """Semantic checks msgspec's types can't express. Raises ConfigError."""
     nat, vpn = config.nat, config.vpn
+    check_nat(nat, source)
 
     def fail(key: str, value: object, why: str) -> None:
-        raise ConfigError(f"{source}: {key} = {_toml(value)}: {why}")  # as written in the file (STYLE 6)
+        _fail(source, key, value, why)
+
+    try:
+        net, length = inet.parse_prefix(vpn.subnet)
+    except ValueError as e:
+        fail("[vpn] subnet", vpn.subnet, f'{e} (write a prefix, e.g. "10.66.77.0/24")')
+    if length > 30:
+        fail("[vpn] subnet", vpn.subnet, "too small for a gateway and a client: use /30 or larger")
+    try:
+        gw_addr = inet.aton(vpn.gateway_address)
+    except ValueError as e:
+        fail("[vpn] gateway_address", vpn.gateway_address, f'{e} (write a dotted quad, e.g. "10.66.77.1")')
+    if not inet.in_prefix(gw_addr, net, length):
+        fail("[vpn] gateway_address", vpn.gateway_address, f"must lie inside [vpn] subnet {vpn.subnet}")
+    if gw_addr in (net, net | (~inet.prefix_mask(length) & 0xFFFFFFFF)):
+        fail(
+            "[vpn] gateway_address",
+            vpn.gateway_address,
+            f"is the network or broadcast address of {vpn.subnet}; use a host address such as {inet.ntoa(net + 1)}",
+        )
+    for d in vpn.deny:
+        try:
+            inet.parse_prefix(d)
+        except ValueError as e:
+            fail("[vpn] deny", d, f'{e} (write a prefix, e.g. "169.254.0.0/16")')
+    for a in nat.external_addresses:
+        if inet.in_prefix(inet.aton(a), net, length):
+            fail(
+                "[nat] external_addresses",
+                a,
+                f"a public address cannot lie inside the VPN subnet {vpn.subnet}",
+            )
+
+
+def check_nat(nat: NatConfig, source: str = "gateway.toml") -> None:
+    """The ``[nat]`` checks alone (``Nat`` runs them too: it refuses a config nobody checked). Raises ConfigError."""
+
+    def fail(key: str, value: object, why: str) -> None:
+        _fail(source, key, value, why)
 
     first, sep, last = nat.port_range.partition("-")
     # isascii: str.isdigit() accepts "²", which int() refuses
@@ -213,33 +270,15 @@ def check(config: GatewayConfig, source: str = "gateway.toml") -> None:
         fail("[nat] fragment_max_bytes", nat.fragment_max_bytes, "must be at least 65535 (one datagram)")
     if nat.fragment_max_datagrams < 1:
         fail("[nat] fragment_max_datagrams", nat.fragment_max_datagrams, "must be at least 1")
-    try:
-        net, length = inet.parse_prefix(vpn.subnet)
-    except ValueError as e:
-        fail("[vpn] subnet", vpn.subnet, f'{e} (write a prefix, e.g. "10.66.77.0/24")')
-    if length > 30:
-        fail("[vpn] subnet", vpn.subnet, "too small for a gateway and a client: use /30 or larger")
-    try:
-        gw_addr = inet.aton(vpn.gateway_address)
-    except ValueError as e:
-        fail("[vpn] gateway_address", vpn.gateway_address, f'{e} (write a dotted quad, e.g. "10.66.77.1")')
-    if not inet.in_prefix(gw_addr, net, length):
-        fail("[vpn] gateway_address", vpn.gateway_address, f"must lie inside [vpn] subnet {vpn.subnet}")
-    if gw_addr in (net, net | (~inet.prefix_mask(length) & 0xFFFFFFFF)):
+    if nat.fragment_max_bytes_per_source < 65535:
         fail(
-            "[vpn] gateway_address",
-            vpn.gateway_address,
-            f"is the network or broadcast address of {vpn.subnet}; use a host address such as {inet.ntoa(net + 1)}",
+            "[nat] fragment_max_bytes_per_source",
+            nat.fragment_max_bytes_per_source,
+            "must be at least 65535 (one datagram)",
         )
-    for d in vpn.deny:
-        try:
-            inet.parse_prefix(d)
-        except ValueError as e:
-            fail("[vpn] deny", d, f'{e} (write a prefix, e.g. "169.254.0.0/16")')
-    for a in nat.external_addresses:
-        if inet.in_prefix(inet.aton(a), net, length):
-            fail(
-                "[nat] external_addresses",
-                a,
-                f"a public address cannot lie inside the VPN subnet {vpn.subnet}",
-            )
+    if nat.fragment_max_datagrams_per_source < 1:
+        fail("[nat] fragment_max_datagrams_per_source", nat.fragment_max_datagrams_per_source, "must be at least 1")
+    if nat.low_ports_per_client < 0:
+        fail("[nat] low_ports_per_client", nat.low_ports_per_client, "must be 0 or more (0: none below 1024)")
+    if nat.max_remotes_per_client < 1:
+        fail("[nat] max_remotes_per_client", nat.max_remotes_per_client, "must be at least 1")

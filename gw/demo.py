@@ -9,8 +9,6 @@ No socket is opened: nothing leaves the process.
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -25,6 +23,9 @@ from gw.nat import FORWARD, HAIRPIN, Nat
 from gw.router import Route, Router
 from journal import recovery
 from journal.events import GatewayStarted, MappingCreated, MappingExpired
+from journal.holders import describe, find_holders
+from journal.reader import Journal
+from journal.text import format_time
 from journal.writer import JournalWriter
 
 NAMES = ["alice", "bob", "carol"]
@@ -99,8 +100,10 @@ class Demo:
         self.say(f"  {'inet':<6} {before:<48} in to {owner} at {_dst(pkt)}")
 
     def _released(self) -> list[tuple[bool, bytearray]]:
-        released, self.nat.released = self.nat.released, []
-        return released
+        """Held fragments the NAT released, translated: (to the internet?, packet)."""
+        out, self.nat.released_outbound = self.nat.released_outbound, []
+        back, self.nat.released_inbound = self.nat.released_inbound, []
+        return [(True, p) for p in out] + [(False, p) for p in back]
 
     # -- the scenario ------------------------------------------------------------------------------
 
@@ -288,7 +291,7 @@ def _run(journal_dir: Path, clients: int, quiet: bool, kept: bool) -> int:
         recovered=True,
         unclean=not rec.clean,
     )
-    down_since = rec.events[-1].at_ns if rec.events else rec.snapshot.at_ns if rec.snapshot else restart
+    down_since = rec.down_since_ns if rec.down_since_ns is not None else restart
     stale = restored.resume(restart, down_since)
     writer.submit(restored.events)
     writer.close()
@@ -300,14 +303,18 @@ def _run(journal_dir: Path, clients: int, quiet: bool, kept: bool) -> int:
     last_dns = [e for e in created if e.proto == 17 and e.int_port == 41000]
     if last_dns:
         e = last_dns[0]
-        at = e.at_ns + S // 2
+        at = (e.at_ns + S // 2) // 1_000_000 * 1_000_000  # whole milliseconds: the asked time is exact
         endpoint = f"{ntoa(e.ext_addr)}:{e.ext_port}/udp"
-        at_text = f"{at / S:.3f}"
+        at_text = f"{at // S}.{at % S // 1_000_000:03d}"
         print(f"\nThe abuse desk asks: who held {endpoint} at {at_text} (epoch seconds)?")
-        cmd = [sys.executable, "-m", "tools.audit", str(journal_dir), "who", endpoint, "--at", at_text]
-        print("  $ gw-audit " + " ".join(cmd[3:]))
-        answer = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-        for line in (answer.stdout + answer.stderr).strip().splitlines():
+        print(f"  $ gw-audit {journal_dir} who {endpoint} --at {at_text}")
+        journal = Journal(journal_dir)  # what gw-audit reads, in process: the same query and answer
+        holders = find_holders(journal, e.ext_addr, e.ext_port, e.proto, at)
+        lines = [line for n, h in enumerate(holders) for line in ([""] if n else []) + describe(h, at)]
+        if not holders:
+            lines = [f"nobody held {endpoint} at {format_time(at)}"]
+        lines += [f"gw-audit: note: {note}" for note in journal.notes]
+        for line in lines:
             print(f"  {line}")
     if kept:
         print(

@@ -24,7 +24,8 @@ are relative to the L4 header.
 from __future__ import annotations
 
 import struct
-from enum import IntEnum
+
+from gw.verdict import DROP_COUNT, Drop  # noqa: F401  (re-exported)
 
 # --- RFC 791 IPv4 header -----------------------------------------------------------------------
 IP_VER_IHL = 0
@@ -123,27 +124,8 @@ get_2u16 = struct.Struct("!HH").unpack_from
 _IPV4_HDR = struct.Struct("!BBHHHBBHII")  # a whole option-less header, for builders
 
 
-class Drop(IntEnum):
-    """Why a packet was not forwarded. Counters are lists indexed by these values."""
+# Drop reasons live with the other outcomes in gw.verdict; re-exported here for the readers of packets.
 
-    TRUNCATED = 1  # shorter than the headers it claims
-    BAD_VERSION = 2  # not IPv4, or IHL < 5
-    BAD_LENGTH = 3  # total length disagrees with the buffer
-    BAD_CHECKSUM = 4  # IPv4 header checksum
-    UNSUPPORTED = 5  # protocol or ICMP type the NAT does not translate
-    NO_MAPPING = 6  # inbound with no mapping, or TCP non-SYN with no mapping
-    FILTERED = 7  # a mapping exists, but filtering refuses this remote (RFC 4787 REQ-8)
-    QUOTA = 8  # the client holds its quota of mappings (RFC 6888 REQ-4)
-    PORTS_EXHAUSTED = 9  # no free external port
-    FRAGMENT = 10  # fragment dropped: over the table's limits, or its first fragment never came
-    HELD = 11  # not a drop: a fragment held until its first fragment arrives
-    SPOOFED = 12  # router: source is not the session's address
-    DENIED = 13  # router: destination on the deny list
-    NO_ROUTE = 14  # router: VPN address nobody holds
-    ICMP_ERROR_MISMATCH = 15  # ICMP error quoting a packet of no known flow
-
-
-DROP_COUNT = max(Drop) + 1
 
 
 def checksum(

@@ -162,12 +162,16 @@ def endpoints(pkt: bytes | bytearray) -> tuple[str, int, str, int]:
 
 
 def with_ttl(pkt: bytes | bytearray, ttl: int) -> bytes:
-    """The packet with another TTL and a freshly computed header checksum (to compare with a kernel that
-    decrements TTL, which this NAT does not)."""
+    """The packet with another TTL and a freshly computed header checksum."""
     b = bytearray(pkt)
     b[8] = ttl
     b[10:12] = struct.pack("!H", fresh_ip_checksum(bytes(b[: (b[0] & 0x0F) * 4])))
     return bytes(b)
+
+
+def hopped(pkt: bytes | bytearray) -> bytes:
+    """The packet as a router hop forwards it: TTL one less (what an ICMP error beyond the NAT quotes)."""
+    return with_ttl(pkt, pkt[8] - 1)
 
 
 # ---------------------------------------------------------------------- fragments

@@ -158,3 +158,56 @@ def test_inet_uses_socket_only_for_inet_ntoa() -> None:
     assert any(m == "socket" for m, _ in _imports("gw/inet.py")), (
         "update ALLOWED if inet.py stops using socket"
     )
+
+
+# -- the arrows between packages (issue 9, "Structure"): tools -> gw -> journal; bench -> the package ----
+
+# (package or file, imported package or module it must never import, why)
+LAYER_RULES = [
+    ("gw", "tools", "gw is imported by the tools, never the other way (nor run: see the string check)"),
+    ("journal", "gw", "journal owns the schema and file format and imports nothing from gw"),
+    ("journal", "tools", "journal is below the tools"),
+    ("bench", "tests", "benchmarks use the package, never the test suite's helpers"),
+    ("tools/audit.py", "journal.writer", "gw-audit is read-only: it has no business with the writer"),
+]
+
+
+def _python_files(where: str) -> list[str]:
+    path = ROOT / where
+    if path.is_file():
+        return [where]
+    return sorted(str(p.relative_to(ROOT)) for p in path.rglob("*.py"))
+
+
+def _layer_violations(where: str, banned: str, tree_of=_tree) -> list[str]:
+    bad = []
+    for rel in _python_files(where) if tree_of is _tree else [where]:
+        tree = tree_of(rel)
+        for module, line in _imports_in(tree):
+            if module == banned or module.startswith(banned + "."):
+                bad.append(f"{rel}:{line} imports {module}")
+        if banned == "tools":  # running a tool (python -m tools.audit) is depending on it too
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                    if node.value == "tools" or node.value.startswith("tools."):
+                        bad.append(f"{rel}:{node.lineno} names the module {node.value!r}")
+    return bad
+
+
+@pytest.mark.parametrize(("where", "banned", "why"), LAYER_RULES, ids=lambda x: str(x)[:20])
+def test_imports_point_one_way(where: str, banned: str, why: str) -> None:
+    assert _layer_violations(where, banned) == [], why
+
+
+def test_the_layer_checker_can_fail() -> None:
+    snippets = {
+        "gw/x.py": ("def f():\n    from tools.audit import main\n", "tools"),
+        "gw/y.py": ("import subprocess\nsubprocess.run(['python', '-m', 'tools.audit'])\n", "tools"),
+        "journal/x.py": ("from gw import inet\n", "gw"),
+        "bench/x.py": ("from tests.helpers.history import generate\n", "tests"),
+        "tools/audit.py": ("from journal.writer import JournalWriter\n", "journal.writer"),
+    }
+    for rel, (src, banned) in snippets.items():
+        found = _layer_violations(rel, banned, tree_of=lambda _r, s=src: ast.parse(s))
+        assert found, rel
+    assert _layer_violations("x.py", "journal.writer", tree_of=lambda _r: ast.parse("import journal.writerx")) == []

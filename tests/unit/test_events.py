@@ -15,6 +15,7 @@ from journal.events import (
     ENCODER,
     GatewayStarted,
     GatewayStopped,
+    Heartbeat,
     MappingCreated,
     MappingExpired,
     QuotaHit,
@@ -42,7 +43,9 @@ TAGS = {
     MappingExpired: 7,
     QuotaHit: 8,
     SnapshotTaken: 9,
+    Heartbeat: 10,
 }
+V1_TYPES = set(TAGS) - {Heartbeat}  # Heartbeat came after version 1
 
 ONE_OF_EACH = [
     GatewayStarted(
@@ -90,6 +93,7 @@ ONE_OF_EACH = [
     ),
     QuotaHit(seq=8, at_ns=T + 7, proto=1, int_addr=0x0A424D05, int_port=0, quota=1),
     SnapshotTaken(seq=9, at_ns=T + 8, upto_seq=8, file="snap-00000000000000000008.gws", mappings_count=3),
+    Heartbeat(seq=10, at_ns=T + 9, mappings_count=3),
 ]
 
 
@@ -152,7 +156,7 @@ def test_v1_journal_decodes_to_what_v1_meant():
 
 
 def test_v1_journal_holds_one_of_every_event_type():
-    assert {type(e) for e in SegmentReader(V1).events()} == set(TAGS)
+    assert {type(e) for e in SegmentReader(V1).events()} == V1_TYPES
 
 
 def test_v1_snapshot_decodes_to_what_v1_meant():
@@ -194,3 +198,16 @@ def test_event_missing_a_required_field_does_not_decode():
 def test_snapshot_round_trips_with_defaults_for_empty_columns():
     snap = Snapshot(upto_seq=3, at_ns=T)
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(snap), type=Snapshot) == snap
+
+
+def test_heartbeat_is_a_new_tagged_type_appended_to_the_union_and_has_only_defaulted_fields():
+    # schema evolution: a new meaning gets a new tag; its own fields default, so later ones can be appended
+    assert set(TAGS.values()) == set(range(1, 11))
+    assert msgspec.msgpack.decode(ENCODER.encode(Heartbeat(seq=5, at_ns=T))) == [10, 5, T, 0]
+    assert DECODER.decode(msgspec.msgpack.encode([[10, 5, T]])) == [Heartbeat(seq=5, at_ns=T)]
+
+
+def test_rest_until_is_the_one_port_rest_rule():
+    from journal.events import rest_until
+
+    assert rest_until(T, 120 * 10**9) == T + 120 * 10**9

@@ -14,12 +14,14 @@ NS = 1_000_000_000
 T0 = 1_000 * NS
 
 
-def table(max_bytes: int = 10_000, max_datagrams: int = 8, timeout_s: int = 30) -> FragmentTable:
-    return FragmentTable(timeout_ns=timeout_s * NS, max_datagrams=max_datagrams, max_bytes=max_bytes)
+def table(max_bytes: int = 10_000, max_datagrams: int = 8, timeout_s: int = 30, **per_source: int) -> FragmentTable:
+    return FragmentTable(
+        timeout_ns=timeout_s * NS, max_datagrams=max_datagrams, max_bytes=max_bytes, **per_source
+    )
 
 
-def key(ident: int) -> int:
-    return datagram_key(A(CLIENT), A(SERVER), 17, ident)
+def key(ident: int, src: str = CLIENT) -> int:
+    return datagram_key(A(src), A(SERVER), 17, ident)
 
 
 def frag(n: int, tag: int = 0) -> bytearray:
@@ -41,16 +43,17 @@ def test_a_held_fragment_is_returned_once_when_the_first_fragment_resolves_the_d
     assert t.hold(key(1), a, T0) and t.hold(key(1), b, T0)
     assert t.held_bytes == 300 and t.mapping_for(key(1)) is None
     mapping = object()
-    assert t.resolve(key(1), mapping, T0) == [a, b]
+    entry, held = t.resolve(key(1), mapping, T0)
+    assert held == [a, b] and entry is t.resolved(key(1))
     assert t.held_bytes == 0 and t.mapping_for(key(1)) is mapping
-    assert t.resolve(key(1), mapping, T0) == []  # nothing is released twice
+    assert t.resolve(key(1), mapping, T0)[1] == []  # nothing is released twice
 
 
 def test_datagrams_are_independent() -> None:
     t = table()
     t.hold(key(1), frag(10, 1), T0)
     t.hold(key(2), frag(20, 2), T0)
-    assert t.resolve(key(2), "m2", T0) == [frag(20, 2)]
+    assert t.resolve(key(2), "m2", T0)[1] == [frag(20, 2)]
     assert t.held_bytes == 10 and t.mapping_for(key(1)) is None
 
 
@@ -70,13 +73,13 @@ def test_hold_over_the_byte_limit_first_ages_out_old_datagrams() -> None:
 
 
 def test_datagram_count_is_bounded_and_the_oldest_is_evicted_with_its_fragments_counted() -> None:
-    t = table(max_datagrams=2)
+    t = table(max_datagrams=2, max_datagrams_per_source=8)
     t.hold(key(1), frag(10), T0)
     t.hold(key(1), frag(10), T0)
     t.hold(key(2), frag(10), T0 + 1)
     t.hold(key(3), frag(10), T0 + 2)
     assert len(t) == 2 and t.dropped == 2 and t.held_bytes == 20
-    assert t.resolve(key(1), "m", T0 + 3) == []  # evicted; and resolving makes room by evicting key 2
+    assert t.resolve(key(1), "m", T0 + 3)[1] == []  # evicted; and resolving makes room by evicting key 2
     assert len(t) == 2 and t.dropped == 3
 
 
@@ -100,3 +103,20 @@ def test_a_resolved_datagram_lets_later_fragments_through_until_it_ages_out() ->
     assert t.mapping_for(key(9)) == "m"
     t.expire(T0 + 31 * NS)
     assert t.mapping_for(key(9)) is None
+
+
+def test_a_source_over_its_share_is_refused_while_another_source_still_gets_in() -> None:
+    t = table(max_bytes=1000, max_datagrams=8, max_bytes_per_source=300, max_datagrams_per_source=2)
+    assert t.hold(key(1), frag(200), T0) and t.hold(key(2), frag(100), T0)
+    assert not t.hold(key(2), frag(1), T0)  # bytes: 300 is its share
+    assert not t.hold(key(3), frag(0), T0)  # datagrams: two is its share
+    assert t.resolve(key(4), "m", T0) == (None, [])  # a first fragment over the share gets no entry either
+    assert t.hold(key(1, "10.66.77.9"), frag(300), T0)  # another host has its own share
+    assert t.source_use(A(CLIENT)) == (2, 300) and t.dropped == 2
+
+
+def test_a_source_share_is_freed_by_age_before_a_fragment_is_refused() -> None:
+    t = table(max_bytes=1000, max_bytes_per_source=300, timeout_s=30)
+    assert t.hold(key(1), frag(300), T0)
+    assert t.hold(key(2), frag(300), T0 + 31 * NS)  # the old datagram aged out and made room
+    assert t.source_use(A(CLIENT)) == (1, 300) and t.dropped == 1
