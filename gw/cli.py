@@ -15,6 +15,12 @@ The journal tools are separate commands: gw-replay --help, gw-audit --help.
 """
 
 
+def _version() -> str:
+    from gw.nat import fast_path
+
+    return f"gw {__version__}, NAT fast path: {fast_path()}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gw",
@@ -22,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"gw {__version__}")
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = sub.add_parser(
         "demo",

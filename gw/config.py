@@ -87,12 +87,21 @@ DEFAULT_DENY = [
 ]
 
 
+# ICMP errors the gateway sends as a router hop (Time Exceeded), per direction: a token bucket, so a
+# flood of TTL=1 packets cannot turn the gateway into an amplifier (RFC 1812 4.3.2.8). Traceroute and
+# mtr send a few probes per hop per second; Linux allows 1000/s with a burst of 50 in all.
+ICMP_ERRORS_PER_S = 100
+ICMP_ERROR_BURST = 20
+
+
 class VpnConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The ``[vpn]`` section: the client subnet and the router's policy."""
 
     subnet: str = "10.66.77.0/24"
     gateway_address: str = "10.66.77.1"
     deny: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_DENY))
+    icmp_errors_per_s: int = ICMP_ERRORS_PER_S
+    icmp_error_burst: int = ICMP_ERROR_BURST
 
 
 class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -204,6 +213,10 @@ def check(config: GatewayConfig, source: str = "gateway.toml") -> None:
             vpn.gateway_address,
             f"is the network or broadcast address of {vpn.subnet}; use a host address such as {inet.ntoa(net + 1)}",
         )
+    if vpn.icmp_errors_per_s < 0:
+        fail("[vpn] icmp_errors_per_s", vpn.icmp_errors_per_s, "must be 0 (send none) or more")
+    if vpn.icmp_error_burst < 1:
+        fail("[vpn] icmp_error_burst", vpn.icmp_error_burst, "must be at least 1")
     for d in vpn.deny:
         try:
             inet.parse_prefix(d)

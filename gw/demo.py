@@ -19,8 +19,9 @@ from gw import packet as P
 from gw.config import NatConfig, VpnConfig
 from gw.errors import UsageError
 from gw.inet import aton, ntoa
-from gw.nat import FORWARD, HAIRPIN, Nat
+from gw.nat import FORWARD, HAIRPIN, Nat, fast_path
 from gw.router import Route, Router
+from gw.verdict import name as outcome_name
 from journal import recovery
 from journal.events import GatewayStarted, MappingCreated, MappingExpired
 from journal.holders import describe, find_holders
@@ -249,6 +250,7 @@ def run_demo(journal: str | None, clients: int, keep: bool, quiet: bool) -> int:
 
 
 def _run(journal_dir: Path, clients: int, quiet: bool, kept: bool) -> int:
+    print(f"gw {__version__}, NAT fast path: {fast_path()}")
     demo = Demo(journal_dir, clients, quiet)
     demo.run()
     seen = demo.journaled
@@ -356,6 +358,4 @@ def _dst(pkt: bytes | bytearray) -> str:
 
 
 def _verdict_name(v: int) -> str:
-    if v in Route._value2member_map_:
-        return Route(v).name.lower()
-    return P.Drop(v).name.lower() if v in P.Drop._value2member_map_ else str(v)
+    return outcome_name(v)

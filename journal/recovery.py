@@ -5,9 +5,14 @@ Theory of operation
 ``load(dir)`` picks the newest snapshot file that reads back whole (a corrupt one is noted and the
 previous one is tried), then reads every event with ``seq > snapshot.upto_seq`` through ``SegmentReader``,
 which checks that seq increases by exactly one and, by default, cuts a torn tail off the newest segment
-(kept aside in ``<segment>.broken`` and noted). The caller folds the result:
-``Nat.restore(config, rec.snapshot, rec.events, now)`` in ``gw.nat``; the NAT then continues at
-``rec.last_seq + 1``.
+(kept aside in ``<segment>.broken`` and noted). The caller folds the result and resumes, as
+``tests/unit/test_recovery_path.py`` does::
+
+    rec = load(directory)
+    nat = Nat.restore(config, rec.snapshot, rec.events, wall_offset=wall_ns - mono_ns)
+    nat.resume(mono_ns, rec.down_since_ns if rec.down_since_ns is not None else wall_ns)
+
+The NAT then numbers events from ``rec.last_seq + 1``.
 
 ``Recovered.down_since_ns`` is when the gateway was last known to be running: the wall clock of the
 last journaled event (a ``Heartbeat`` included: the gateway journals one every HEARTBEAT_INTERVAL_S while

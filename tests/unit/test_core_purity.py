@@ -16,6 +16,12 @@ CORES = [
     "gw/tcp_track.py",
     "gw/router.py",
     "gw/config.py",
+    "gw/verdict.py",
+    "gw/rewrite.py",
+    "gw/mapping.py",
+    "gw/ports.py",
+    "gw/clients.py",
+    "gw/snapshot.py",
     "journal/events.py",
 ]
 # I/O, event loops, threads, clocks, logging (the shell's job). subprocess and datetime for the same reasons.
@@ -32,6 +38,7 @@ FORBIDDEN = {
     "datetime",
     "uvloop",
     "winloop",
+    "gc",  # the process-wide garbage collector is the shell's to tune, never a core's
 }
 # gw/inet.py converts addresses with socket.inet_ntoa, a pure function: that single use is allowed.
 ALLOWED = {("gw/inet.py", "socket"): {"inet_ntoa"}}

@@ -133,6 +133,16 @@ def test_ttl_1_is_not_forwarded_and_left_untouched_for_the_time_exceeded_answer(
     assert nat.drops[Drop.TTL_EXCEEDED] == 2
 
 
+@pytest.mark.parametrize("compiled", BOTH)
+def test_an_inbound_ttl_1_packet_nobody_would_get_is_the_drop_it_gets_anyway(compiled: bool) -> None:
+    """A TTL=1 scan must not learn more than another scan: only a delivered packet is a hop's business."""
+    nat = nat_for(compiled)
+    assert nat.translate_inbound(udp(SRV, 53, PUB, 4444, ttl=1), T0) == Drop.NO_MAPPING
+    port = open_udp(nat, C, 4001)  # it talked to SRV:53 only
+    assert nat.translate_inbound(udp(SRV, 54, PUB, port, ttl=1), T0) == Drop.FILTERED
+    assert nat.drops[Drop.TTL_EXCEEDED] == 0
+
+
 def test_outbound_fragmented_datagrams_get_new_ip_ids_per_public_address() -> None:
     """RFC 4963 / 6864: two clients' datagrams with one ID to one remote must not meet at its reassembly."""
     nat = nat_for()
