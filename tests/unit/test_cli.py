@@ -42,3 +42,17 @@ def test_a_journal_directory_that_is_not_empty_is_refused(capsys, tmp_path) -> N
 def test_python_m_gw_help_teaches_the_commands() -> None:
     out = subprocess.run([sys.executable, "-m", "gw", "--help"], capture_output=True, text=True, check=True).stdout
     assert "demo" in out and "gw-audit" in out
+
+
+def test_demo_into_a_closed_pipe_ends_quietly() -> None:
+    """`gw demo | head -1`: the reader leaves early; no traceback, and the temporary journal is removed."""
+    proc = subprocess.Popen([sys.executable, "-m", "gw", "demo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline().startswith(b"gw ")
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert err == b"" and proc.returncode == 0
+
+
+def test_version_says_which_nat_fast_path_runs() -> None:
+    out = subprocess.run([sys.executable, "-m", "gw", "--version"], capture_output=True, text=True, check=True)
+    assert "NAT fast path: " in out.stdout
