@@ -47,6 +47,7 @@ import tracemalloc
 
 import dpkt
 
+from bench import nat_costs
 from bench.harness import Timing, best_of, cpu_share, emit_json, interleave, mark, out, si, start, stop
 from gw import packet as P
 from gw.config import NatConfig
@@ -455,6 +456,8 @@ def main() -> None:
         "(cross-check, allocator included)")
     figures.update(bytes_per_mapping=round(batched, 1), bytes_per_mapping_distinct_now=round(distinct, 1),
                    rss_bytes_per_mapping=round(rss_per, 1), mem_mappings=MEM_MAPPINGS)
+
+    figures.update(nat_costs.measure())
 
     elapsed, cpu_used = time.perf_counter() - started, time.process_time() - cpu_started
     out(f"\nTargets: established >= 1 M/s {mark(established_ok)}, >= 8x dpkt {mark(dpkt_ok)}, "

@@ -42,7 +42,7 @@ cdef object _QUOTA = Drop.QUOTA
 cdef object _PORTS_EXHAUSTED = Drop.PORTS_EXHAUSTED
 cdef object _NO_SESSION = (0, "")
 cdef object _NS = 1_000_000_000
-cdef object _EXPIRE_BUDGET = 20_000  # gw.nat.EXPIRE_BUDGET (checked by tests/unit/test_fastpath_names.py)
+cdef object _EXPIRE_BUDGET = 2_000  # gw.nat.EXPIRE_BUDGET (checked by tests/unit/test_fastpath_names.py)
 cdef int64_t _ONE_PACKET = ONE_PACKET
 cdef long _SYN_OUT = TcpState.SYN_OUT
 
