@@ -290,7 +290,7 @@ cdef object _inbound(nat, pkt, uint8_t* b, Py_ssize_t n, now):
 
 def create(nat, proto, src, sport, dst, dport, now):
     """``Nat._create``, compiled: the common case inline, every other case through the same Python calls."""
-    cdef uint64_t p = proto, s = src, sp = sport, ea, k, ext_key, key
+    cdef uint64_t p = proto, s = src, sp = sport, ea, k
     cdef Py_ssize_t port
     clients = nat.clients
     client = clients.get(src)
@@ -335,8 +335,9 @@ def create(nat, proto, src, sport, dst, dport, now):
     else:
         event = _MappingCreated(seq, now + nat.wall_offset, proto, src, sport, ext_addr, port, name, session)
     # _insert(event, now, held=True)
-    key = p << 48 | s << 16 | sp
-    ext_key = p << 48 | ea << 16 | <uint64_t>port
+    # one Python int each, shared by the mapping, both tables and the wheel (a C int converts anew per use)
+    okey = <object>(p << 48 | s << 16 | sp)
+    oext = <object>(p << 48 | ea << 16 | <uint64_t>port)
     rmask = nat._rmask
     if rmask == 0:
         remote = 0
@@ -345,11 +346,11 @@ def create(nat, proto, src, sport, dst, dport, now):
     else:
         remote = _NO_REMOTE
     if p == 6:
-        m = _TcpMapping(key, ext_key, session, remote, now, now, _SYN_OUT)
+        m = _TcpMapping(okey, oext, session, remote, now, now, _SYN_OUT)
     else:
-        m = _Mapping(key, ext_key, session, remote, now, now, 0)
-    nat.by_int[key] = m
-    nat.by_ext[ext_key] = m
+        m = _Mapping(okey, oext, session, remote, now, now, 0)
+    nat.by_int[okey] = m
+    nat.by_ext[oext] = m
     if client is None:
         client = clients[src] = _Client(ext_addr)
         ext_clients = nat._ext_clients
@@ -364,10 +365,10 @@ def create(nat, proto, src, sport, dst, dport, now):
     wheel = nat._wheel
     keys = wheel.get(second)
     if keys is None:
-        wheel[second] = [key]
+        wheel[second] = [okey]
         _heappush(nat._wheel_due, second)
     else:
-        keys.append(key)
+        keys.append(okey)
     nat.next_seq = seq + 1
     nat.last_mapping_seq = seq
     nat.events.append(event)
