@@ -37,7 +37,8 @@ the sessions; ``gw.frag`` fragments; ``gw.tcp_track`` TCP states; ``gw.snapshot`
   outbound, then inbound, and comes back as ``HAIRPIN`` with the sender's public endpoint as source.
 - A router hop (RFC 1812 5.3.1): the TTL of everything forwarded drops by one (incrementally, inside the
   fast paths' one write); a packet that arrives with TTL <= 1 is returned untouched as
-  ``Drop.TTL_EXCEEDED`` for the caller to answer (``gw.datapath``). Inbound packets from sources the
+  ``Drop.TTL_EXCEEDED`` for the router to answer (``Router.time_exceeded_to_client`` and ``_to_internet``);
+  inbound, only when it would have been delivered (a TTL=1 scan learns nothing). Inbound packets from sources the
   internet cannot have (our public addresses, the VPN subnet, 0/8, 127/8, 224/3 and broadcast) are
   ``Drop.MARTIAN`` (RFC 1812 5.3.7, RFC 2827/3704).
 - TCP MSS is clamped on SYNs both ways to ``tcp_mss`` (RFC 6691).
@@ -218,6 +219,7 @@ class Nat:
             self.translate_outbound_batch = MethodType(_fastpath.translate_outbound_batch, self)
             self.translate_inbound_batch = MethodType(_fastpath.translate_inbound_batch, self)
             self._create = MethodType(_fastpath.create, self)
+            self._load_rows = MethodType(_fastpath.load_rows, self)
 
     # ------------------------------------------------------------------ fast paths
 
@@ -1194,30 +1196,17 @@ class Nat:
         if len({len(getattr(s, column)) for column in _SNAPSHOT_MAPPING_COLUMNS}) > 1:
             raise ValueError("snapshot columns of unequal length: not a snapshot gw wrote")
         rmask, off = self._rmask, self.wall_offset
-        keys = [p << 48 | a << 16 | q for p, a, q in zip(s.proto, s.int_addr, s.int_port)]
-        ext_keys = [p << 48 | a << 16 | q for p, a, q in zip(s.proto, s.ext_addr, s.ext_port)]
         if any(s.remote_addr):
             remotes = [
                 (a << 16 | q) & rmask if a or not rmask else NO_REMOTE
                 for a, q in zip(s.remote_addr, s.remote_port)
             ]
         else:  # remotes not recorded (no log_destination): each mapping re-learns its remote
-            remotes = [NO_REMOTE if rmask else 0] * len(keys)
-        outs = [p << COUNT_SHIFT | b for p, b in zip(s.packets_out, s.bytes_out)]
-        ins = [p << COUNT_SHIFT | b for p, b in zip(s.packets_in, s.bytes_in)]
+            remotes = [NO_REMOTE if rmask else 0] * len(s.proto)
         created = [t - off for t in s.created_ns] if off else s.created_ns
         seen = [t - off for t in s.last_seen_ns] if off else s.last_seen_ns
-        ms = list(
-            map(
-                lambda p, *row: (TcpMapping if p == 6 else Mapping)(*row),
-                s.proto, keys, ext_keys, s.session, remotes, created, seen, s.tcp_state, outs, ins,
-            )
-        )  # fmt: skip
-        self.by_int.update(zip(keys, ms))
-        self.by_ext.update(zip(ext_keys, ms))
-        hold = self.ports.hold
-        for p, a, q in zip(s.proto, s.ext_addr, s.ext_port):
-            hold(p, a, q, True)
+        ms = self._load_rows(s, remotes, created, seen)
+        self.ports.hold_all(s.proto, s.ext_addr, s.ext_port)
         paired = dict(zip(s.int_addr, s.ext_addr))  # paired pooling: one public address per client
         for a, ea in paired.items():
             self.clients[a] = Client(ea)
@@ -1232,6 +1221,35 @@ class Nat:
                 client.low_ports += 1
         for a, count in Counter(s.int_addr).items():
             clients[a].count = count
+        resting = zip(s.rest_proto, s.rest_ext_addr, s.rest_ext_port, s.rest_until_ns, strict=True)
+        for proto, addr, port, until in sorted(resting, key=lambda r: r[3]):
+            self.ports.rest(flow_key(proto, addr, port), until - off)
+        for opened in s.sessions:
+            self.sessions.open(opened)
+        for addr in s.quota_flagged:
+            client = self.clients.get(addr)
+            if client is not None:
+                client.quota_flagged = True
+        self.next_seq = s.upto_seq + 1
+
+    def _load_rows(self, s: Snapshot, remotes: list[int], created: list[int], seen: list[int]) -> list[Mapping]:
+        """The per-row part of a snapshot load: the mappings, both tables and the expiry wheel, in row order.
+
+        One pass per column here; ``gw._fastpath.load_rows`` is its compiled twin (one C loop), used when
+        built. ``remotes``, ``created`` and ``seen`` are the columns already converted.
+        """
+        keys = [p << 48 | a << 16 | q for p, a, q in zip(s.proto, s.int_addr, s.int_port)]
+        ext_keys = [p << 48 | a << 16 | q for p, a, q in zip(s.proto, s.ext_addr, s.ext_port)]
+        outs = [p << COUNT_SHIFT | b for p, b in zip(s.packets_out, s.bytes_out)]
+        ins = [p << COUNT_SHIFT | b for p, b in zip(s.packets_in, s.bytes_in)]
+        ms = list(
+            map(
+                lambda p, *row: (TcpMapping if p == 6 else Mapping)(*row),
+                s.proto, keys, ext_keys, s.session, remotes, created, seen, s.tcp_state, outs, ins,
+            )
+        )  # fmt: skip
+        self.by_int.update(zip(keys, ms))
+        self.by_ext.update(zip(ext_keys, ms))
         udp, icmp, established, transitory = self._udp_ns, self._icmp_ns, self._tcp_est_ns, self._tcp_trans_ns
         wheel: defaultdict[int, list[int]] = defaultdict(list)
         for key, proto, state, t in zip(keys, s.proto, s.tcp_state, seen):
@@ -1244,16 +1262,7 @@ class Nat:
         self._wheel.update(wheel)
         self._wheel_due = list(wheel)
         heapq.heapify(self._wheel_due)
-        resting = zip(s.rest_proto, s.rest_ext_addr, s.rest_ext_port, s.rest_until_ns, strict=True)
-        for proto, addr, port, until in sorted(resting, key=lambda r: r[3]):
-            self.ports.rest(flow_key(proto, addr, port), until - off)
-        for opened in s.sessions:
-            self.sessions.open(opened)
-        for addr in s.quota_flagged:
-            client = self.clients.get(addr)
-            if client is not None:
-                client.quota_flagged = True
-        self.next_seq = s.upto_seq + 1
+        return ms
 
     # ------------------------------------------------------------------ reading the table
 

@@ -270,3 +270,27 @@ def test_non_bytearray_input_takes_the_python_path():
         except Exception as e:  # noqa: BLE001 - the same exception type is the property
             results.append(("raised", type(e)))
     assert results[0] == results[1]
+
+
+def _table(nat: Nat) -> tuple:
+    """Everything a snapshot load builds, in order: both tables, the mappings' fields, the wheel."""
+    fields = ("key", "ext_key", "session", "remote", "created", "last_seen", "state", "out", "inb")
+    rows = [(type(m).__name__, *(getattr(m, f) for f in fields)) for m in nat.by_int.values()]
+    return (list(nat.by_int), list(nat.by_ext), rows, dict(nat._wheel), list(nat._wheel_due),
+            {a: (c.count, c.remotes, c.low_ports, len(c.mappings)) for a, c in nat.clients.items()})
+
+
+def test_compiled_snapshot_load_equals_python():
+    """``_fastpath.load_rows`` (restore's per-row loop) builds the table ``Nat._load_rows`` builds."""
+    _require_compiled()
+    from bench.journal import build_snapshot
+
+    snapshot = build_snapshot(5_000, seed=7)
+    config = _config("address-and-port-dependent")
+    compiled = Nat.restore(config, snapshot, [], wall_offset=123_456_789)
+    python = Nat.restore(config, snapshot, [], wall_offset=123_456_789, compiled=False)
+    assert compiled._load_rows.__func__.__module__ == "gw._fastpath"
+    assert len(compiled) == len(snapshot.proto)
+    assert _table(compiled) == _table(python)
+    assert compiled.ports.free == python.ports.free
+    assert compiled.ports.state == python.ports.state
