@@ -18,10 +18,11 @@ from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
 cdef extern from "Python.h":
-    dict _PyDict_NewPresized(Py_ssize_t minused)  # CPython 3.6+: one table sized for minused keys
-from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+    # private but kept (restored in 3.13 for its many users); if it goes, CI fails the unbuilt extension
+    dict _PyDict_NewPresized(Py_ssize_t minused)
 
 from heapq import heapify as _heapify
 from heapq import heappush as _heappush
