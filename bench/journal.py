@@ -7,9 +7,14 @@ hundred clients, counters on expiry):
 - durable append through JournalWriter with fsync="interval" (submit in batches of 1000 as the daemon's
   per-batch drain does; timed from the first submit until everything is fsynced);
 - bytes per event on disk; replay (read + decode through SegmentReader) events/s;
-- snapshot write + read of 1,000,000 mappings; and, if gw.nat has Nat.restore, restoring them.
+- snapshot write + read of 1,000,000 mappings; and, if gw.nat has Nat.restore, restoring them;
+- restart: in a fresh process, from its start (interpreter, imports, ``recovery.load`` of the snapshot
+  and a journal tail, ``Nat.restore(lazy=True)``, ``resume``) to the first forwarded packet of a surviving
+  flow, then until the table is whole through ``expire`` calls (and the longest of those calls: the
+  pause a packet can see). The same with an eager restore, for comparison. Median of RESTART_RUNS.
 
-Targets (DESIGN.md): append >= 1,000,000 events/s on one core, <= 24 B/event, restore 1 M mappings <= 2 s.
+Targets (DESIGN.md, issue 10): append >= 1,000,000 events/s on one core, <= 24 B/event, restore 1 M
+mappings <= 2 s, and a restart with 1 M mappings forwards its first packet within 1 s.
 Everything lives in a temp dir under /tmp that is removed at the end.
 """
 
@@ -32,6 +37,8 @@ from journal.segments import SegmentReader, list_segments, read_snapshot, write_
 from journal.writer import JournalWriter
 
 APPEND_EVENTS = 1_000_000
+RESTART_RUNS = 3
+RESTART_TAIL = 2_000  # journal events after the snapshot, folded by the restore
 SNAPSHOT_MAPPINGS = 1_000_000
 SNAPSHOT_CLIENTS = 250  # fits 10.66.77.0/24
 T0_NS = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z
@@ -219,6 +226,83 @@ def bench_restore(snapshot: Snapshot) -> float | str:
     return elapsed
 
 
+def write_restart_journal(directory: str, snapshot: Snapshot) -> None:
+    """A journal as a crash leaves it: heartbeats, a snapshot of ``snapshot``'s table, a tail after it."""
+    from journal.events import Heartbeat
+
+    upto = 100
+    beats = [Heartbeat(seq=s, at_ns=T0_NS - 10**9 + s, mappings_count=len(snapshot.proto))
+             for s in range(1, upto + RESTART_TAIL + 1)]  # fmt: skip
+    writer = JournalWriter(directory, fsync="never")
+    writer.start()
+    writer.submit(beats)
+    writer.close()
+    import msgspec
+
+    write_snapshot(directory, msgspec.structs.replace(snapshot, upto_seq=upto), fsync=False)
+
+
+def restart_child(directory: str, mode: str) -> None:
+    """In a fresh process: recover, restore (``mode`` lazy or eager), resume, forward one packet of a
+    restored flow; print monotonic times (the parent's clock too, on Linux) as one JSON line."""
+    from gw import packet as P
+    from gw.config import NatConfig
+    from gw.nat import FORWARD, Nat
+    from journal import recovery
+
+    rec = recovery.load(directory, truncate_torn_tail=False)
+    now = time.monotonic_ns()
+    wall_offset = T0_NS + 5 * 10**9 - now  # the restart 5 s after the crash, in the journal's time
+    config = NatConfig(external_addresses=[f"198.51.100.{2 + i}" for i in range(16)])
+    gc.disable()  # as the daemon does around a restore (a million new objects)
+    nat = Nat.restore(config, rec.snapshot, rec.events, lazy=mode == "lazy", wall_offset=wall_offset)
+    nat.resume(now, rec.down_since_ns)
+    s = rec.snapshot
+    row = next(i for i in range(len(s.proto) // 2, len(s.proto)) if s.proto[i] == 17)  # a UDP flow mid-table
+    pkt = P.build_udp(s.int_addr[row], 0x08080808, s.int_port[row], 53, b"still there?")
+    verdict = nat.translate_outbound(pkt, time.monotonic_ns())
+    first = time.monotonic()
+    assert verdict == FORWARD and P.get_u16(pkt, 20)[0] == s.ext_port[row], (verdict, row)
+    pauses = []
+    while nat.restoring:
+        t = time.perf_counter()
+        nat.expire(time.monotonic_ns())
+        pauses.append(time.perf_counter() - t)
+    whole = time.monotonic()
+    assert len(nat) == len(s.proto)
+    pauses.sort()
+    print(json.dumps({"first": first, "whole": whole, "calls": len(pauses),
+                      "pause_median_ms": pauses[len(pauses) // 2] * 1e3 if pauses else 0,
+                      "pause_max_ms": pauses[-1] * 1e3 if pauses else 0}))  # fmt: skip
+
+
+def bench_restart(directory: str, mode: str) -> dict:
+    """Median and spread over RESTART_RUNS fresh processes of ``restart_child``: seconds from spawn."""
+    import statistics
+    import subprocess
+
+    runs = []
+    for _ in range(RESTART_RUNS):
+        start = time.monotonic()
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.journal", "--restart-child", directory, mode],
+            check=True, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+        )  # fmt: skip
+        child = json.loads(out.stdout.strip().splitlines()[-1])
+        runs.append(
+            (child["first"] - start, child["whole"] - start, child["pause_median_ms"], child["pause_max_ms"])
+        )
+    first, whole = sorted(r[0] for r in runs), sorted(r[1] for r in runs)
+    return {
+        "first_packet_s": round(statistics.median(first), 3),
+        "first_packet_range_s": [round(first[0], 3), round(first[-1], 3)],
+        "whole_s": round(statistics.median(whole), 3),
+        "whole_range_s": [round(whole[0], 3), round(whole[-1], 3)],
+        "pause_median_ms": round(statistics.median(r[2] for r in runs), 1),
+        "pause_max_ms": round(max(r[3] for r in runs), 1),
+    }
+
+
 def main() -> None:
     started = time.perf_counter()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -254,8 +338,18 @@ def main() -> None:
         restore = bench_restore(snapshot)
         shown = restore if isinstance(restore, str) else f"{restore:.2f} s"
         print(f"restore {SNAPSHOT_MAPPINGS:,} mappings through gw.nat.Nat.restore: {shown}")
+        write_restart_journal(os.path.join(root, "r"), snapshot)
         del snapshot
         gc.collect()
+        restart = {mode: bench_restart(os.path.join(root, "r"), mode) for mode in ("lazy", "eager")}
+        for mode, r in restart.items():
+            print(
+                f"restart with {SNAPSHOT_MAPPINGS:,} mappings ({mode}, fresh process, median of {RESTART_RUNS}): "
+                f"first forwarded packet {r['first_packet_s']:.2f} s ({r['first_packet_range_s'][0]:.2f}-"
+                f"{r['first_packet_range_s'][1]:.2f}), table whole {r['whole_s']:.2f} s"
+                + (f", expire() calls meanwhile: median {r['pause_median_ms']} ms, max {r['pause_max_ms']} ms"
+                   if mode == "lazy" else "")
+            )  # fmt: skip
         from bench.audit import measure_who_latency  # the tools' figure, in the journal's run (issue 3)
 
         audit = measure_who_latency()
@@ -274,6 +368,7 @@ def main() -> None:
             "snapshot_1m_write_read_s": round(snap_write + snap_read, 3),
             "snapshot_1m_bytes": snap_bytes,
             "restore_1m_s": None if isinstance(restore, str) else round(restore, 3),
+            "restart_1m": restart,
             "audit_who_median_ms": audit["who_median_ms"],
             "audit_who_p95_ms": audit["who_p95_ms"],
             "zstd_level": frames.ZSTD_LEVEL,
@@ -294,4 +389,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--restart-child"]:
+        restart_child(sys.argv[2], sys.argv[3])
+    else:
+        main()

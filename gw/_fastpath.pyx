@@ -18,13 +18,13 @@ from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
-from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free, malloc
 
 cdef extern from "Python.h":
     # private but kept (restored in 3.13 for its many users); if it goes, CI fails the unbuilt extension
     dict _PyDict_NewPresized(Py_ssize_t minused)
 
-from heapq import heapify as _heapify
 from heapq import heappush as _heappush
 
 from gw import packet as P
@@ -35,6 +35,7 @@ from gw.mapping import ONE_PACKET
 from gw.mapping import Mapping as _Mapping
 from gw.mapping import TcpMapping as _TcpMapping
 from gw.ports import HELD as _HELD
+from gw.ports import RESTING as _RESTING_OBJ
 from journal.events import MappingCreated as _MappingCreated
 from gw.rewrite import clamp_mss
 from gw.tcp_track import TcpState
@@ -53,6 +54,9 @@ cdef object _NS = 1_000_000_000
 cdef object _EXPIRE_BUDGET = 2_000  # gw.nat.EXPIRE_BUDGET (checked by tests/unit/test_fastpath_names.py)
 cdef int64_t _ONE_PACKET = ONE_PACKET
 cdef long _SYN_OUT = TcpState.SYN_OUT
+cdef unsigned char _RESTING = _RESTING_OBJ
+cdef unsigned char _HELD_BYTE = _HELD
+cdef object _RESUME_SPREAD_NS = 60 * 1_000_000_000  # gw.nat.RESUME_SPREAD_NS (tests/unit/test_fastpath_names.py)
 
 cdef enum:
     IP_TTL = 8  # RFC 791 offsets, IHL 5
@@ -387,56 +391,178 @@ def create(nat, proto, src, sport, dst, dport, now):
     return m
 
 
-def load_rows(nat, s, list remotes, list created, list seen):
-    """``Nat._load_rows``, compiled: the same rows in the same order into the same tables, in one loop.
+def new_table(Py_ssize_t rows):
+    """An empty dict sized for ``rows`` entries: a restore's tables grow once instead of twenty times."""
+    return _PyDict_NewPresized(rows)
 
-    The arithmetic stays on Python ints (a snapshot's columns are Python ints of any size), so every
-    result equals the Python's; what goes is the interpreter between them, and the tables' regrowth:
-    an empty ``by_int``/``by_ext`` is replaced by one sized for the rows up front (nothing refers to
-    the tables of a Nat still being restored).
-    """
-    cdef list proto = s.proto, int_addr = s.int_addr, int_port = s.int_port, ext_addr = s.ext_addr
-    cdef list ext_port = s.ext_port, session = s.session, tcp_state = s.tcp_state
-    cdef list packets_out = s.packets_out, bytes_out = s.bytes_out, packets_in = s.packets_in
-    cdef list bytes_in = s.bytes_in
-    cdef Py_ssize_t i, n = len(proto)
-    # the Python's columns are zipped: the shortest one bounds the rows
-    for column in (int_addr, int_port, ext_addr, ext_port, session, remotes, created, seen, tcp_state,
-                   packets_out, bytes_out, packets_in, bytes_in):
-        n = min(n, len(<list>column))
-    cdef list ms = [None] * n
-    cdef dict by_int = nat.by_int, by_ext = nat.by_ext, wheel = {}
-    if not by_int and not by_ext:
-        by_int = nat.by_int = _PyDict_NewPresized(n)
-        by_ext = nat.by_ext = _PyDict_NewPresized(n)
-    cdef object p, key, ext_key, t, second
+
+cdef class RowIndex:
+    """Flow key -> row of a snapshot's columns, for ``gw.pending``: open addressing over two C arrays, so
+    an index of 1 M rows costs 16 MB and a few tens of milliseconds, with no object per row. A later
+    duplicate key wins, as in a restore's tables. ``gw.pending.DictIndex`` is its Python twin."""
+
+    cdef uint64_t* keys
+    cdef int32_t* slots  # row + 1; 0 is an empty slot
+    cdef uint64_t mask
+    cdef int shift
+
+    def __cinit__(self, const uint8_t[:] proto, const uint32_t[:] addr, const uint16_t[:] port):
+        cdef Py_ssize_t i, n = proto.shape[0]
+        cdef uint64_t k, h, cap = 16
+        cdef int bits = 4
+        if addr.shape[0] != n or port.shape[0] != n or n >= 0x7FFFFFFF:
+            raise ValueError("key columns of unequal length")
+        while cap < 2 * <uint64_t>n:
+            cap <<= 1
+            bits += 1
+        self.keys = <uint64_t*>malloc((n if n else 1) * sizeof(uint64_t))
+        self.slots = <int32_t*>calloc(cap, sizeof(int32_t))
+        if self.keys == NULL or self.slots == NULL:
+            raise MemoryError()
+        self.mask = cap - 1
+        self.shift = 64 - bits
+        for i in range(n):
+            k = <uint64_t>proto[i] << 48 | <uint64_t>addr[i] << 16 | port[i]
+            self.keys[i] = k
+            h = (k * 0x9E3779B97F4A7C15ULL) >> self.shift
+            while self.slots[h] and self.keys[self.slots[h] - 1] != k:
+                h = (h + 1) & self.mask
+            self.slots[h] = <int32_t>(i + 1)
+
+    def __dealloc__(self):
+        free(self.keys)
+        free(self.slots)
+
+    def find(self, uint64_t key) -> int:
+        """The row holding ``key``, or -1."""
+        cdef uint64_t h = (key * 0x9E3779B97F4A7C15ULL) >> self.shift
+        cdef int32_t row
+        while True:
+            row = self.slots[h]
+            if row == 0:
+                return -1
+            if self.keys[row - 1] == key:
+                return row - 1
+            h = (h + 1) & self.mask
+
+
+cdef inline object _packed(uint64_t count, uint64_t nbytes):
+    """``count << COUNT_SHIFT | bytes`` as ``Mapping`` keeps it: in C when it fits 64 bits."""
+    if count < (<uint64_t>1 << (64 - 48)) and nbytes < (<uint64_t>1 << 48):
+        return count << 48 | nbytes
+    return (<object>count) << _COUNT_SHIFT | nbytes
+
+
+def load_rows(nat, pending, Py_ssize_t start, Py_ssize_t stop, resumed):
+    """``Nat._load_rows``, compiled: the same rows into the same tables, clients, ports and wheel, in one
+    loop reading the columns as C arrays (``gw.pending`` gives them fixed widths)."""
+    cdef dict c = pending.columns
+    cdef const uint8_t[:] proto = c["proto"], tcp_state = c["tcp_state"]
+    cdef const uint32_t[:] int_addr = c["int_addr"], ext_addr = c["ext_addr"], remote_addr = c["remote_addr"]
+    cdef const uint16_t[:] int_port = c["int_port"], ext_port = c["ext_port"], remote_port = c["remote_port"]
+    cdef const int64_t[:] session = c["session"], created = c["created_ns"], last_seen = c["last_seen_ns"]
+    cdef const uint64_t[:] packets_out = c["packets_out"], bytes_out = c["bytes_out"]
+    cdef const uint64_t[:] packets_in = c["packets_in"], bytes_in = c["bytes_in"]
+    cdef bytearray loaded = pending.loaded
+    cdef unsigned char* done = <unsigned char*>PyByteArray_AS_STRING(loaded)
+    cdef Py_ssize_t i, n = PyByteArray_GET_SIZE(loaded)
+    cdef int64_t off = pending.offset, seen, timeout, down = 0, resume_now = 0
+    cdef int64_t udp = nat._udp_ns, icmp = nat._icmp_ns
+    cdef int64_t established = nat._tcp_est_ns, transitory = nat._tcp_trans_ns
+    cdef uint64_t rmask = nat._rmask, key, ext_key, p, a, ea, q, ra
+    cdef long est_state = TcpState.ESTABLISHED
+    cdef bint resume = resumed is not None
+    cdef dict by_int = nat.by_int, by_ext = nat.by_ext, clients = nat.clients, ext_clients = nat._ext_clients
+    cdef dict wheel = nat._wheel, state_of = nat.ports.state, resting = nat.ports.resting
+    cdef set flagged = pending.quota_flagged, touched = set()
+    cdef list due = nat._wheel_due, stale = []
+    cdef object ports = nat.ports, pykey, remote, m, client, second, ka, k
     cdef PyObject* found
-    cdef object udp = nat._udp_ns, icmp = nat._icmp_ns
-    cdef object established = nat._tcp_est_ns, transitory = nat._tcp_trans_ns
-    cdef object shift = _COUNT_SHIFT, ns = _NS, est_state = TcpState.ESTABLISHED
-    for i in range(n):
+    cdef bytearray states
+    cdef unsigned char* state_bytes
+    cdef long state
+    if resume:
+        resume_now, down = resumed
+    if start < 0:
+        start = 0
+    if stop > n:
+        stop = n
+    if (proto.shape[0] < stop or int_addr.shape[0] < stop or int_port.shape[0] < stop
+            or ext_addr.shape[0] < stop or ext_port.shape[0] < stop or session.shape[0] < stop
+            or created.shape[0] < stop or last_seen.shape[0] < stop or tcp_state.shape[0] < stop
+            or packets_out.shape[0] < stop or bytes_out.shape[0] < stop or packets_in.shape[0] < stop
+            or bytes_in.shape[0] < stop or remote_addr.shape[0] < stop or remote_port.shape[0] < stop):
+        raise ValueError("snapshot columns of unequal length")
+    for i in range(start, stop):
+        if done[i]:
+            continue
+        done[i] = 1
+        pending.left -= 1
         p = proto[i]
-        key = p << 48 | int_addr[i] << 16 | int_port[i]
-        ext_key = p << 48 | ext_addr[i] << 16 | ext_port[i]
-        t = seen[i]
-        row = (key, ext_key, session[i], remotes[i], created[i], t, tcp_state[i],
-               packets_out[i] << shift | bytes_out[i], packets_in[i] << shift | bytes_in[i])
+        a = int_addr[i]
+        ea = ext_addr[i]
+        q = ext_port[i]
+        key = p << 48 | a << 16 | int_port[i]
+        ext_key = p << 48 | ea << 16 | q
+        ra = remote_addr[i]
+        if ra or not rmask:
+            remote = (ra << 16 | remote_port[i]) & rmask
+        else:
+            remote = _NO_REMOTE
+        seen = last_seen[i] - off
+        state = tcp_state[i]
+        pykey = key
+        row = (pykey, ext_key, session[i], remote, created[i] - off, seen, state,
+               _packed(packets_out[i], bytes_out[i]), _packed(packets_in[i], bytes_in[i]))
         if p == 6:
             m = _TcpMapping(*row)
-            second = (t + (established if tcp_state[i] == est_state else transitory)) // ns + 1
+            timeout = established if state == est_state else transitory
         else:
             m = _Mapping(*row)
-            second = (t + (udp if p == 17 else icmp)) // ns + 1
-        ms[i] = m
-        by_int[key] = m
+            timeout = udp if p == 17 else icmp
+        by_int[pykey] = m
         by_ext[ext_key] = m
+        ka = a
+        found = PyDict_GetItem(clients, ka)
+        if found is NULL:
+            client = _Client(ea)
+            clients[ka] = client
+            ext_clients[ea] = ext_clients.get(ea, 0) + 1
+            client.quota_flagged = ka in flagged
+        else:
+            client = <object>found
+        client.count += 1
+        client.mappings.append(m)
+        if remote > 0:
+            client.remotes += 1
+        if q < 1024:
+            client.low_ports += 1
+        k = p << 32 | ea
+        found = PyDict_GetItem(state_of, k)
+        if found is NULL:  # an address not in the pool (a journal written under another config)
+            states = ports.state_array(p, ea)
+        else:
+            states = <bytearray>found
+        state_bytes = <unsigned char*>PyByteArray_AS_STRING(states)
+        if state_bytes[q] == _RESTING:
+            del resting[ext_key]
+        state_bytes[q] = _HELD_BYTE
+        touched.add(k)
+        if resume:  # resume's rule, row by row
+            if seen < down:
+                seen = down
+            if seen + timeout <= resume_now:
+                stale.append(m)
+                continue
+            m.last_seen = seen
+            second = ((seen + timeout) + pykey * 0x9E3779B1 % _RESUME_SPREAD_NS) // _NS + 1
+        else:
+            second = (seen + timeout) // 1_000_000_000 + 1
         found = PyDict_GetItem(wheel, second)
         if found is NULL:
-            wheel[second] = [key]
+            wheel[second] = [pykey]
+            _heappush(due, second)
         else:
-            (<list><object>found).append(key)
-    nat._wheel.update(wheel)
-    due = list(wheel)
-    _heapify(due)
-    nat._wheel_due = due
-    return ms
+            (<list><object>found).append(pykey)
+    ports.recount(touched)
+    return stale

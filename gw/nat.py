@@ -77,7 +77,6 @@ from __future__ import annotations
 import heapq
 import random
 import struct
-from collections import Counter, defaultdict
 from collections.abc import Iterable
 from types import MethodType
 from typing import Any
@@ -98,11 +97,14 @@ from gw.mapping import (
     TcpMapping,
     flow_key,
 )
-from gw.ports import HELD, PortPool, rest_until
+from gw.pending import PendingRows
+from gw.ports import HELD, RESTING, PortPool, rest_until
 from gw.snapshot import TableView
 from gw.tcp_track import NEXT_STATE, SEG_KINDS, TcpState, classify
 from gw.verdict import Drop, Verdict
 from journal.events import (
+    HEARTBEAT_INTERVAL_S,
+    Heartbeat,
     JournalEvent,
     MappingCreated,
     MappingExpired,
@@ -121,7 +123,11 @@ NEEDS_MAPPING = Verdict.NEEDS_MAPPING
 NS = 1_000_000_000
 MAX_REMOTES = 4096  # remotes remembered per mapping for filtering; past it new remotes are not admitted
 EXPIRE_BUDGET = 2_000  # keys, rests and fragments looked at per expire() call: under 10 ms here (bench.nat)
-RESUME_SPREAD_NS = 60 * NS  # restored flows that share a deadline come due over a minute, not at once
+RESTORE_SLICE = 5_000  # pending rows a lazy restore loads per expire() call: about 10 ms here (bench.journal)
+RESUME_SPREAD_NS = 60 * NS
+HEARTBEAT_NS = (
+    HEARTBEAT_INTERVAL_S * NS
+)  # restored flows that share a deadline come due over a minute, not at once
 
 _SYN_OUT, _NONE = int(TcpState.SYN_OUT), int(TcpState.NONE)  # plain ints: enum lookups cost per new flow
 _TCP_STATE_FLAGS = P.TCP_SYN | P.TCP_FIN | P.TCP_RST  # segments the tracker must see
@@ -213,6 +219,11 @@ class Nat:
         self.drops = [0] * P.DROP_COUNT
         self.remotes_refused = 0  # remotes not admitted: a mapping's or a client's budget was full
         self.rsts_ignored = 0  # inbound RSTs outside the client's window: forwarded, state unchanged
+        self._pending: PendingRows | None = None  # a lazy restore's rows not loaded yet (gw.pending)
+        self._resumed: tuple[int, int] | None = None  # (now, crash) of ``resume``, for rows loaded later
+        self._restore_now = 0  # the latest ``now`` seen while rows are pending
+        self.stale_at_recovery = 0  # mappings ended as stale_at_recovery (resume's, and lazy rows')
+        self._next_heartbeat = 0  # when expire() next journals a Heartbeat (while the table holds mappings)
         if compiled and _fastpath is not None:  # the same fast paths, compiled (gw/_fastpath.pyx)
             self.translate_outbound = MethodType(_fastpath.translate_outbound, self)
             self.translate_inbound = MethodType(_fastpath.translate_inbound, self)
@@ -220,6 +231,8 @@ class Nat:
             self.translate_inbound_batch = MethodType(_fastpath.translate_inbound_batch, self)
             self._create = MethodType(_fastpath.create, self)
             self._load_rows = MethodType(_fastpath.load_rows, self)
+        # what a lazy restore swaps out and back (the compiled ones if bound above)
+        self._fast = {name: getattr(self, name) for name in _RESTORING_METHODS}
 
     # ------------------------------------------------------------------ fast paths
 
@@ -469,7 +482,7 @@ class Nat:
             return Drop.TRUNCATED, None
         src, dst = P.get_u32(pkt, P.IP_SRC)[0], P.get_u32(pkt, P.IP_DST)[0]
         sport, dport = P.get_2u16(pkt, l4)
-        m = self.by_int.get(flow_key(proto, src, sport))
+        m = self._find_int(flow_key(proto, src, sport))
         flags = 0
         if proto == P.PROTO_TCP:
             flags = pkt[l4 + P.TCP_FLAGS]
@@ -505,7 +518,7 @@ class Nat:
             return Drop.TRUNCATED, None
         src, dst = P.get_u32(pkt, P.IP_SRC)[0], P.get_u32(pkt, P.IP_DST)[0]
         sport, dport = P.get_2u16(pkt, l4)
-        m = self.by_ext.get(flow_key(proto, dst, dport))
+        m = self._find_ext(flow_key(proto, dst, dport))
         if m is None:
             return Drop.NO_MAPPING, None
         if not self._admits(m, (src << 16 | sport) & self._rmask):
@@ -533,7 +546,7 @@ class Nat:
         if icmp_type != P.ICMP_ECHO_REQUEST:
             return Drop.UNSUPPORTED, None
         ident = P.get_u16(pkt, l4 + P.ICMP_ID)[0]
-        m = self.by_int.get(flow_key(P.PROTO_ICMP, src, ident))
+        m = self._find_int(flow_key(P.PROTO_ICMP, src, ident))
         if m is None:
             if self._caller_ports:
                 return NEEDS_MAPPING, None
@@ -560,7 +573,7 @@ class Nat:
         if icmp_type != P.ICMP_ECHO_REPLY:
             return Drop.UNSUPPORTED, None
         ident = P.get_u16(pkt, l4 + P.ICMP_ID)[0]
-        m = self.by_ext.get(flow_key(P.PROTO_ICMP, dst, ident))
+        m = self._find_ext(flow_key(P.PROTO_ICMP, dst, ident))
         if m is None:
             return Drop.NO_MAPPING, None
         if not self._admits(m, (src << 16) & self._rmask):
@@ -600,7 +613,7 @@ class Nat:
             return Drop.UNSUPPORTED
         outer_src, outer_dst = P.get_u32(pkt, P.IP_SRC)[0], P.get_u32(pkt, P.IP_DST)[0]
         if outbound:  # quoted: remote -> our client's (q_dst, q_dport)
-            m = self.by_int.get(flow_key(q_proto, q_dst, q_dport))
+            m = self._find_int(flow_key(q_proto, q_dst, q_dport))
             if m is None or q_dst != outer_src or q_src != outer_dst:  # only to the remote it is about
                 return Drop.ICMP_ERROR_MISMATCH
             if q_proto == P.PROTO_ICMP:
@@ -616,7 +629,7 @@ class Nat:
                 q_dport,
             )
         else:  # quoted: our (q_src, q_sport) -> remote
-            m = self.by_ext.get(flow_key(q_proto, q_src, q_sport))
+            m = self._find_ext(flow_key(q_proto, q_src, q_sport))
             if m is None or q_src != outer_dst:
                 return Drop.ICMP_ERROR_MISMATCH
             remote = q_dst << 16 if q_proto == P.PROTO_ICMP else q_dst << 16 | q_dport
@@ -679,7 +692,9 @@ class Nat:
             new_id = self._ip_ids.get(ea, 0)
             self._ip_ids[ea] = new_id + 1 & 0xFFFF
         dropped = table.dropped
-        entry, released = table.resolve(datagram_key(src, dst, pkt[P.IP_PROTO], ident), m, now, pkt, peer, new_id)
+        entry, released = table.resolve(
+            datagram_key(src, dst, pkt[P.IP_PROTO], ident), m, now, pkt, peer, new_id
+        )
         self.drops[Drop.FRAGMENT] += table.dropped - dropped  # a full table evicted its oldest datagram
         if entry is None:
             self.drops[Drop.FRAGMENT] += 1  # its source holds its share: the rest of it will not follow
@@ -884,7 +899,14 @@ class Nat:
         )
 
     def create_mapping(
-        self, proto: int, int_addr: int, int_port: int, ext_port: int, now: int, *, remote: tuple[int, int] = (0, 0)
+        self,
+        proto: int,
+        int_addr: int,
+        int_port: int,
+        ext_port: int,
+        now: int,
+        *,
+        remote: tuple[int, int] = (0, 0),
     ) -> Mapping | int:
         """Make a mapping on an external port the caller chose (the kernel's, in socket mode).
 
@@ -892,9 +914,11 @@ class Nat:
         mapping, or a ``Drop`` reason: QUOTA, or PORTS_EXHAUSTED when that port is held or resting here.
         An existing mapping for the internal endpoint is returned as it is.
         """
-        m = self.by_int.get(flow_key(proto, int_addr, int_port))
+        m = self._find_int(flow_key(proto, int_addr, int_port))
         if m is not None:
             return m
+        if self._pending is not None:
+            return Drop.RESTORING
         client = self.clients.get(int_addr)
         if client is None:
             ext_addr = min(self.ext_addrs, key=self._ext_clients.__getitem__)
@@ -932,11 +956,15 @@ class Nat:
             case MappingCreated():
                 created = self._insert(event, event.at_ns - self.wall_offset)
             case MappingExpired():
-                self._remove(flow_key(event.proto, event.ext_addr, event.ext_port), event.at_ns - self.wall_offset)
+                self._remove(
+                    flow_key(event.proto, event.ext_addr, event.ext_port), event.at_ns - self.wall_offset
+                )
             case QuotaHit():
                 client = self.clients.get(event.int_addr)
                 if client is not None:
                     client.quota_flagged = True
+                if self._pending is not None:  # for the client as its pending rows load
+                    self._pending.quota_flagged.add(event.int_addr)
             case SessionOpened():
                 self.sessions.open(event)
             case SessionClosed():
@@ -950,10 +978,10 @@ class Nat:
         key = proto << 48 | ev.int_addr << 16 | ev.int_port  # flow_key, inline: this runs per new flow
         ext_key = proto << 48 | ev.ext_addr << 16 | ev.ext_port
         if not held:
-            old = self.by_int.get(key)
+            old = self._find_int(key)
             if old is not None:  # not in a valid journal; keep the table consistent anyway
                 self._remove(old.ext_key, at)
-            old = self.by_ext.get(ext_key)
+            old = self._find_ext(ext_key)
             if old is not None:
                 self._remove(ext_key, at)
             self.ports.hold(proto, ev.ext_addr, ev.ext_port, force=True)
@@ -973,6 +1001,8 @@ class Nat:
         if client is None:  # the client's first mapping pairs it with this public address (REQ-2)
             client = self.clients[ev.int_addr] = Client(ev.ext_addr)
             self._ext_clients[ev.ext_addr] = self._ext_clients.get(ev.ext_addr, 0) + 1
+            if self._pending is not None:  # rows of it may be pending, and the snapshot flagged it
+                client.quota_flagged = ev.int_addr in self._pending.quota_flagged
         client.count += 1
         client.mappings.append(m)
         if remote > 0:
@@ -989,6 +1019,8 @@ class Nat:
         return m
 
     def _remove(self, ext_key: int, at: int) -> Mapping | None:
+        if self._pending is not None:
+            self._find_ext(ext_key)
         m = self.by_ext.pop(ext_key, None)
         if m is None:
             return None
@@ -1000,6 +1032,8 @@ class Nat:
         client = self.clients[int_addr]
         client.count -= 1
         client.quota_flagged = False
+        if self._pending is not None:  # a client whose rows load later is not flagged either
+            self._pending.quota_flagged.discard(int_addr)
         client.remotes -= m.remote_count()
         if ext_key & 0xFFFF < 1024:
             client.low_ports -= 1
@@ -1032,8 +1066,15 @@ class Nat:
     def expire(self, now: int, budget: int = EXPIRE_BUDGET) -> bool:
         """End idle mappings, free rested ports, age fragments, within ``budget``; True if more is due now.
 
-        Emits MappingExpired. The shell calls it again (next loop turn) while it returns True.
+        Emits MappingExpired. The shell calls it again (next loop turn) while it returns True. While a lazy
+        restore has rows pending, each call first loads ``RESTORE_SLICE`` of them (about 10 ms here).
         """
+        pending = self._pending
+        if pending is not None:
+            self._restore_now = max(self._restore_now, now)
+            self._load_range(pending.cursor, pending.cursor + RESTORE_SLICE, now)
+        if now >= self._next_heartbeat and len(self):
+            self._heartbeat(now)
         if self._views:
             self._views = [v for v in self._views if not v.done]
         due, wheel, by_int = self._wheel_due, self._wheel, self.by_int
@@ -1060,7 +1101,14 @@ class Nat:
             before = len(table)
             self.drops[Drop.FRAGMENT] += table.expire(now, max(left, 0))
             left -= before - len(table)
-        return left <= 0
+        return left <= 0 or self._pending is not None
+
+    def _heartbeat(self, now: int) -> None:
+        """Journal that the gateway is running, every HEARTBEAT_INTERVAL_S while it holds mappings: after a
+        crash, ``resume`` then counts the outage from at most that long before it, not from the last
+        mapping change (a quiet journal would otherwise end flows that were busy until the crash)."""
+        self._next_heartbeat = now + HEARTBEAT_NS
+        self._record(Heartbeat(seq=self.next_seq, at_ns=now + self.wall_offset, mappings_count=len(self)))
 
     def resume(self, now: int, down_since: int) -> int:
         """After ``restore``: end every mapping that idled out while the gateway was down; returns how many.
@@ -1073,8 +1121,13 @@ class Nat:
         then rests ``port_reuse_delay_s`` from the restart, not from the unknown moment of the crash: an
         audit of the outage window never finds two holders. The survivors' deadlines are spread over
         ``RESUME_SPREAD_NS`` so that they do not all come due in one second.
+
+        Rows of a lazy restore still pending get the same treatment as they load (their stale ones are
+        counted in ``stale_at_recovery`` then, not in what this returns).
         """
         down = down_since - self.wall_offset
+        self._resumed = (now, down)
+        self._restore_now = max(self._restore_now, now)
         stale = []
         self._wheel.clear()
         self._wheel_due.clear()
@@ -1088,11 +1141,22 @@ class Nat:
                 self._schedule(m.key, deadline + m.key * 0x9E3779B1 % RESUME_SPREAD_NS)
         for m in stale:
             self._expire_mapping(m, now, "stale_at_recovery")
+        self.stale_at_recovery += len(stale)
         return len(stale)
 
     def next_deadline(self) -> int | None:
-        """When ``expire`` next has work (ns), for the shell's one timer; None when nothing is scheduled."""
-        deadlines = [self._frags_out.next_deadline(), self._frags_in.next_deadline(), self.ports.next_rest_end()]
+        """When ``expire`` next has work (ns), for the shell's one timer; None when nothing is scheduled.
+
+        0 (at once) while a lazy restore has rows pending: ``expire`` loads them."""
+        if self._pending is not None:
+            return 0
+        deadlines = [
+            self._frags_out.next_deadline(),
+            self._frags_in.next_deadline(),
+            self.ports.next_rest_end(),
+        ]
+        if self.by_ext:
+            deadlines.append(self._next_heartbeat)
         if self._wheel_due:
             deadlines.append(self._wheel_due[0] * NS)
         return min((d for d in deadlines if d is not None), default=None)
@@ -1133,12 +1197,17 @@ class Nat:
         opened = self.sessions.opened.get(session)
         if opened is None:
             return
+        if self._pending is not None:  # the session's pending mappings end too
+            self._restore_now = max(self._restore_now, now)
+            self._whole()
         addr = opened.vpn_addr
         holder = self.sessions.holder.get(addr)
         client = self.clients.get(addr)
         if client is not None and (holder is None or holder[0] == session or holder[1] != opened.client):
             open_sessions = self.sessions.opened
-            ending = [m for m in client.live(self.by_ext) if m.session == session or m.session not in open_sessions]
+            ending = [
+                m for m in client.live(self.by_ext) if m.session == session or m.session not in open_sessions
+            ]
             for m in ending:
                 self._expire_mapping(m, now, "session_closed")
         self._record(
@@ -1160,6 +1229,8 @@ class Nat:
 
     def snapshot_view(self, now: int) -> TableView:
         """The table now, in O(clients); call ``.build()`` on it off the packet path (the journal writer does)."""
+        self._restore_now = max(self._restore_now, now)
+        self._whole()  # a snapshot of a table still loading would miss its pending rows
         view = TableView(self, now)
         self._views = [*(v for v in self._views if not v.done), view]
         return view
@@ -1177,109 +1248,221 @@ class Nat:
         vpn: VpnConfig | None = None,
         wall_offset: int = 0,
         compiled: bool = True,
+        lazy: bool = False,
     ) -> Nat:
         """The table as the journal left it: a snapshot, then every later event through ``apply``.
 
         ``wall_offset`` is the restoring process's (wall clock minus its monotonic clock): journal times
-        are turned into its monotonic time. Call ``resume(now, down_since)`` next. The caller may pause
-        the cyclic garbage collector around this (a million new objects); the core leaves it alone.
+        are turned into its monotonic time. Call ``resume(now, down_since)`` next. ``lazy``: the
+        snapshot's rows stay pending (``gw.pending``) and load as packets, events and ``expire`` calls
+        reach them, so the first packet is forwarded in milliseconds; new flows are refused
+        (``Drop.RESTORING``) until ``restoring`` is False. The caller may pause the cyclic garbage
+        collector around this (a million new objects); the core leaves it alone.
+        Raises: ValueError for a snapshot gw did not write (columns of unequal length or width).
         """
         nat = cls(config, rng, compiled, vpn=vpn, wall_offset=wall_offset)
         if snapshot is not None:
-            nat._load_snapshot(snapshot)
+            nat._load_snapshot(snapshot, compiled)
         for event in events:
             nat.apply(event)
+        if not lazy:
+            nat.finish_restore(0)
         return nat
 
-    def _load_snapshot(self, s: Snapshot) -> None:
-        """Rebuild the table from a snapshot's columns: the one bulk path, so it works column-wise (1 M rows)."""
-        if len({len(getattr(s, column)) for column in _SNAPSHOT_MAPPING_COLUMNS}) > 1:
-            raise ValueError("snapshot columns of unequal length: not a snapshot gw wrote")
-        rmask, off = self._rmask, self.wall_offset
-        if any(s.remote_addr):
-            remotes = [
-                (a << 16 | q) & rmask if a or not rmask else NO_REMOTE
-                for a, q in zip(s.remote_addr, s.remote_port)
-            ]
-        else:  # remotes not recorded (no log_destination): each mapping re-learns its remote
-            remotes = [NO_REMOTE if rmask else 0] * len(s.proto)
-        created = [t - off for t in s.created_ns] if off else s.created_ns
-        seen = [t - off for t in s.last_seen_ns] if off else s.last_seen_ns
-        ms = self._load_rows(s, remotes, created, seen)
-        self.ports.hold_all(s.proto, s.ext_addr, s.ext_port)
-        paired = dict(zip(s.int_addr, s.ext_addr))  # paired pooling: one public address per client
-        for a, ea in paired.items():
-            self.clients[a] = Client(ea)
-            self._ext_clients[ea] = self._ext_clients.get(ea, 0) + 1
-        clients = self.clients
-        for a, m, r, q in zip(s.int_addr, ms, remotes, s.ext_port):
-            client = clients[a]
-            client.mappings.append(m)
-            if r > 0:
-                client.remotes += 1
-            if q < 1024:
-                client.low_ports += 1
-        for a, count in Counter(s.int_addr).items():
-            clients[a].count = count
+    @property
+    def restoring(self) -> bool:
+        """True while snapshot rows are still pending (new flows are refused until then)."""
+        return self._pending is not None
+
+    def finish_restore(self, now: int) -> None:
+        """Load every pending row now (``expire`` does it in slices); ``now`` times any stale expiries."""
+        pending = self._pending
+        if pending is not None:
+            self._load_range(0, pending.n, now)
+
+    def _load_snapshot(self, s: Snapshot, compiled: bool) -> None:
+        """Everything but the rows: rests, sessions, the sequence; the rows go pending (``gw.pending``)."""
+        off = self.wall_offset
+        pending = self._pending = PendingRows(s, off, compiled)
+        if compiled and _fastpath is not None and not self.by_int:
+            self.by_int, self.by_ext = _fastpath.new_table(pending.n), _fastpath.new_table(pending.n)
         resting = zip(s.rest_proto, s.rest_ext_addr, s.rest_ext_port, s.rest_until_ns, strict=True)
         for proto, addr, port, until in sorted(resting, key=lambda r: r[3]):
             self.ports.rest(flow_key(proto, addr, port), until - off)
         for opened in s.sessions:
             self.sessions.open(opened)
-        for addr in s.quota_flagged:
-            client = self.clients.get(addr)
-            if client is not None:
-                client.quota_flagged = True
         self.next_seq = s.upto_seq + 1
+        if pending.n:  # serve the pending rows' packets; refuse new flows until every row is in
+            restoring = (
+                self._translate_outbound_restoring, self._translate_inbound_restoring,
+                self._translate_outbound_batch_restoring, self._translate_inbound_batch_restoring,
+                self._create_restoring,
+            )  # fmt: skip
+            for name, method in zip(_RESTORING_METHODS, restoring, strict=True):
+                setattr(self, name, method)
+        else:
+            self._pending = None
 
-    def _load_rows(self, s: Snapshot, remotes: list[int], created: list[int], seen: list[int]) -> list[Mapping]:
-        """The per-row part of a snapshot load: the mappings, both tables and the expiry wheel, in row order.
+    # while rows are pending: the packet's own row is loaded first, then the usual path runs
 
-        One pass per column here; ``gw._fastpath.load_rows`` is its compiled twin (one C loop), used when
-        built. ``remotes``, ``created`` and ``seen`` are the columns already converted.
+    def _translate_outbound_restoring(self, pkt: bytearray | memoryview, now: int) -> int:
+        self._restore_now = now
+        key = _packet_key(pkt, P.IP_SRC, 0)
+        if key >= 0 and key not in self.by_int:
+            self._load_pending(self._pending.find_int(key))
+        return self._fast["translate_outbound"](pkt, now)
+
+    def _translate_inbound_restoring(self, pkt: bytearray | memoryview, now: int) -> int:
+        self._restore_now = now
+        key = _packet_key(pkt, P.IP_DST, 2)
+        if key >= 0 and key not in self.by_ext:
+            self._load_pending(self._pending.find_ext(key))
+        return self._fast["translate_inbound"](pkt, now)
+
+    def _translate_outbound_batch_restoring(
+        self, pkts: Iterable[bytearray | memoryview], now: int
+    ) -> list[int]:
+        return [self.translate_outbound(pkt, now) for pkt in pkts]
+
+    def _translate_inbound_batch_restoring(
+        self, pkts: Iterable[bytearray | memoryview], now: int
+    ) -> list[int]:
+        return [self.translate_inbound(pkt, now) for pkt in pkts]
+
+    def _create_restoring(self, proto: int, src: int, sport: int, dst: int, dport: int, now: int) -> int:
+        """A new flow while rows are pending: its port and its client's quota must see every row first."""
+        return Drop.RESTORING
+
+    def _load_pending(self, row: int) -> None:
+        if row >= 0:
+            self._load_range(row, row + 1, self._restore_now)
+
+    def _find_int(self, key: int) -> Mapping | None:
+        """``by_int.get(key)``, loading a pending row first: every lookup off the fast paths uses it."""
+        m = self.by_int.get(key)
+        if m is None and self._pending is not None:
+            self._load_pending(self._pending.find_int(key))
+            m = self.by_int.get(key)
+        return m
+
+    def _find_ext(self, key: int) -> Mapping | None:
+        """``by_ext.get(key)``, loading a pending row first."""
+        m = self.by_ext.get(key)
+        if m is None and self._pending is not None:
+            self._load_pending(self._pending.find_ext(key))
+            m = self.by_ext.get(key)
+        return m
+
+    def _whole(self) -> None:
+        """Load every pending row: for the readers and commands that need the whole table."""
+        if self._pending is not None:
+            self.finish_restore(self._restore_now)
+
+    def _load_range(self, start: int, stop: int, now: int) -> None:
+        """Load the pending rows in [start, stop) that are not loaded yet; end those stale since resume."""
+        pending = self._pending
+        stale = self._load_rows(pending, start, min(stop, pending.n), self._resumed)
+        while pending.cursor < pending.n and pending.loaded[pending.cursor]:
+            pending.cursor += 1
+        if not pending.left:
+            self._pending = None
+            for name, method in self._fast.items():
+                setattr(self, name, method)
+        for m in stale:
+            self._expire_mapping(m, now, "stale_at_recovery")
+        self.stale_at_recovery += len(stale)
+
+    def _load_rows(
+        self, pending: PendingRows, start: int, stop: int, resumed: tuple[int, int] | None
+    ) -> list[Mapping]:
+        """The per-row part of a restore: rows [start, stop) not loaded yet into both tables, their
+        clients, the port pool and the wheel. Returns the loaded mappings that idled out before
+        ``resumed`` = (resume's now, the crash in monotonic ns), which the caller ends.
+
+        ``gw._fastpath.load_rows`` is its compiled twin (one C loop), used when built. After ``resume``
+        a row gets resume's treatment as it loads: seen at the crash at the latest, its deadline spread.
         """
-        keys = [p << 48 | a << 16 | q for p, a, q in zip(s.proto, s.int_addr, s.int_port)]
-        ext_keys = [p << 48 | a << 16 | q for p, a, q in zip(s.proto, s.ext_addr, s.ext_port)]
-        outs = [p << COUNT_SHIFT | b for p, b in zip(s.packets_out, s.bytes_out)]
-        ins = [p << COUNT_SHIFT | b for p, b in zip(s.packets_in, s.bytes_in)]
-        ms = list(
-            map(
-                lambda p, *row: (TcpMapping if p == 6 else Mapping)(*row),
-                s.proto, keys, ext_keys, s.session, remotes, created, seen, s.tcp_state, outs, ins,
-            )
-        )  # fmt: skip
-        self.by_int.update(zip(keys, ms))
-        self.by_ext.update(zip(ext_keys, ms))
+        c = pending.columns
+        proto, int_addr, int_port, ext_addr, ext_port = (c[k] for k in PENDING_KEY_COLUMNS)
+        loaded, flagged, off, rmask = pending.loaded, pending.quota_flagged, pending.offset, self._rmask
+        by_int, by_ext, clients, ext_clients = self.by_int, self.by_ext, self.clients, self._ext_clients
+        state_of, resting, touched = self.ports.state, self.ports.resting, set()
         udp, icmp, established, transitory = self._udp_ns, self._icmp_ns, self._tcp_est_ns, self._tcp_trans_ns
-        wheel: defaultdict[int, list[int]] = defaultdict(list)
-        for key, proto, state, t in zip(keys, s.proto, s.tcp_state, seen):
-            if proto == 17:  # UDP, the common case, first
-                wheel[(t + udp) // NS + 1].append(key)
-            elif proto == 6:
-                wheel[(t + (established if state == TcpState.ESTABLISHED else transitory)) // NS + 1].append(key)
+        stale = []
+        for i in range(start, stop):
+            if loaded[i]:
+                continue
+            loaded[i] = 1
+            pending.left -= 1
+            p, a, ea, q = proto[i], int_addr[i], ext_addr[i], ext_port[i]
+            key = p << 48 | a << 16 | int_port[i]
+            ext_key = p << 48 | ea << 16 | q
+            ra = c["remote_addr"][i]
+            remote = (ra << 16 | c["remote_port"][i]) & rmask if ra or not rmask else NO_REMOTE
+            seen, state = c["last_seen_ns"][i] - off, c["tcp_state"][i]
+            row = (
+                key, ext_key, c["session"][i], remote, c["created_ns"][i] - off, seen, state,
+                c["packets_out"][i] << COUNT_SHIFT | c["bytes_out"][i],
+                c["packets_in"][i] << COUNT_SHIFT | c["bytes_in"][i],
+            )  # fmt: skip
+            if p == 6:
+                m = TcpMapping(*row)
+                timeout = established if state == TcpState.ESTABLISHED else transitory
             else:
-                wheel[(t + icmp) // NS + 1].append(key)
-        self._wheel.update(wheel)
-        self._wheel_due = list(wheel)
-        heapq.heapify(self._wheel_due)
-        return ms
+                m = Mapping(*row)
+                timeout = udp if p == 17 else icmp
+            by_int[key] = m
+            by_ext[ext_key] = m
+            client = clients.get(a)
+            if client is None:  # the client's first row pairs it with this public address (REQ-2)
+                client = clients[a] = Client(ea)
+                ext_clients[ea] = ext_clients.get(ea, 0) + 1
+                client.quota_flagged = a in flagged
+            client.count += 1
+            client.mappings.append(m)
+            if remote > 0:
+                client.remotes += 1
+            if q < 1024:
+                client.low_ports += 1
+            k = p << 32 | ea
+            ports = state_of.get(k)
+            if ports is None:  # an address not in the pool (a journal written under another config)
+                ports = self.ports.state_array(p, ea)
+            if ports[q] == RESTING:
+                del resting[ext_key]
+            ports[q] = HELD
+            touched.add(k)
+            if resumed is None:
+                self._schedule(key, seen + timeout)
+            else:  # resume's rule (see ``resume``), row by row
+                seen = max(seen, resumed[1])
+                if seen + timeout <= resumed[0]:
+                    stale.append(m)
+                else:
+                    m.last_seen = seen
+                    self._schedule(key, seen + timeout + key * 0x9E3779B1 % RESUME_SPREAD_NS)
+        self.ports.recount(touched)
+        return stale
 
     # ------------------------------------------------------------------ reading the table
 
     def __len__(self) -> int:
-        return len(self.by_ext)
+        """Live mappings, pending rows of a lazy restore included."""
+        return len(self.by_ext) + (self._pending.left if self._pending is not None else 0)
 
     def mappings(self) -> Iterable[Mapping]:
-        """Live mappings (a view: don't change the table while iterating)."""
+        """Live mappings (a view: don't change the table while iterating). Loads any pending rows."""
+        self._whole()
         return self.by_ext.values()
 
     def lookup_internal(self, proto: int, int_addr: int, int_port: int) -> Mapping | None:
-        return self.by_int.get(flow_key(proto, int_addr, int_port))
+        return self._find_int(flow_key(proto, int_addr, int_port))
 
     def lookup_external(self, proto: int, ext_addr: int, ext_port: int) -> Mapping | None:
-        return self.by_ext.get(flow_key(proto, ext_addr, ext_port))
+        return self._find_ext(flow_key(proto, ext_addr, ext_port))
 
     def client_mapping_count(self, int_addr: int) -> int:
+        self._whole()
         client = self.clients.get(int_addr)
         return 0 if client is None else client.count
 
@@ -1294,6 +1477,7 @@ class Nat:
         has swept them yet, and a fold never runs ``expire``, so only this form compares a live table
         with its fold after a rest lapsed.
         """
+        self._whole()
         return (
             sorted((m.key, m.ext_key, m.session, m.created) for m in self.by_ext.values()),
             sorted((k, u) for k, u in self.ports.resting.items() if now is None or u > now),
@@ -1304,13 +1488,27 @@ class Nat:
 
 
 _NO_SESSION = (0, "")
+
+
+def _packet_key(pkt: bytearray | memoryview, addr_at: int, port_at: int) -> int:
+    """The flow key a UDP or TCP packet looks up on the fast path (address and port at the given
+    offsets), or -1 for anything else: those take the slow path, whose lookups load pending rows."""
+    if len(pkt) < 24 or pkt[P.IP_PROTO] not in (P.PROTO_UDP, P.PROTO_TCP):
+        return -1
+    l4 = (pkt[0] & 15) * 4
+    if len(pkt) < l4 + 4:
+        return -1
+    addr, port = P.get_u32(pkt, addr_at)[0], P.get_u16(pkt, l4 + port_at)[0]
+    return pkt[P.IP_PROTO] << 48 | addr << 16 | port
+
+
 _MARTIAN_FIRST_OCTETS = frozenset({0, 127})  # "this network" and loopback (RFC 1122 3.2.1.3, RFC 1812 5.3.7)
 
-# the Snapshot columns with one row per mapping
-_SNAPSHOT_MAPPING_COLUMNS = (
-    "proto", "int_addr", "int_port", "ext_addr", "ext_port", "session", "created_ns", "last_seen_ns",
-    "tcp_state", "packets_out", "bytes_out", "packets_in", "bytes_in", "remote_addr", "remote_port",
+# what a lazy restore replaces while rows are pending (``Nat._load_snapshot``), and puts back after
+_RESTORING_METHODS = (
+    "translate_outbound", "translate_inbound", "translate_outbound_batch", "translate_inbound_batch", "_create",
 )  # fmt: skip
+PENDING_KEY_COLUMNS = ("proto", "int_addr", "int_port", "ext_addr", "ext_port")
 
 # Fast-path reads and writes, bound at module level (one global lookup each).
 # IHL=5 + UDP: the header as five 32-bit words (ver/ihl/tos/total, id/frag, ttl/proto/checksum, src, dst),

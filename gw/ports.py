@@ -131,22 +131,16 @@ class PortPool:
         state[port] = HELD
         return True
 
-    def hold_all(self, protos: list[int], addrs: list[int], ports: list[int]) -> None:
-        """Hold every given port at once (a snapshot's mappings, 1 M rows): one byte store per row, then
-        each touched array's free counts recounted at C speed. Ports resting now are taken through ``hold``."""
-        if self.resting:
-            for p, a, q in zip(protos, addrs, ports):
-                self.hold(p, a, q, True)
-            return
-        touched: dict[int, bytearray] = {}
-        for p, a, q in zip(protos, addrs, ports):
-            k = p << 32 | a
-            state = touched.get(k)
-            if state is None:
-                state = touched[k] = self._array(p, a)[0]
-            state[q] = HELD
-        for k, state in touched.items():
-            free = self.free[k]
+    def state_array(self, proto: int, addr: int) -> bytearray:
+        """The port states of one (protocol, public address), made if new: a restore writes HELD into it
+        directly, then calls ``recount``."""
+        return self._array(proto, addr)[0]
+
+    def recount(self, keys: set[int]) -> None:
+        """Recount the free ports of the arrays ``proto << 32 | addr`` in ``keys`` at C speed, after a
+        restore wrote their states directly (one byte store per row instead of a call)."""
+        for k in keys:
+            state, free = self.state[k], self.free[k]
             free[0] = state.count(_FREE_BYTE, LOW_FIRST, LOW_LAST + 1)
             free[1] = state.count(_FREE_BYTE, self._lo, self._hi + 1)
 

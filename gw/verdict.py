@@ -33,6 +33,7 @@ class Drop(IntEnum):
     ICMP_ERROR_MISMATCH = 15  # ICMP error quoting a packet of no known flow
     TTL_EXCEEDED = 16  # forwarding would take the TTL to 0 (RFC 1812 5.3.1): packet left untouched
     MARTIAN = 17  # inbound source the internet cannot have (RFC 1812 5.3.7, RFC 2827/3704)
+    RESTORING = 18  # a new flow while a lazy restore still loads the table (the client retries)
 
 
 DROP_COUNT = max(Drop) + 1

@@ -30,6 +30,7 @@ __all__ = [
     "GatewayStopped",
     "HEARTBEAT_INTERVAL_S",
     "Heartbeat",
+    "PACKED_COLUMNS",
     "JournalEvent",
     "MappingCreated",
     "MappingExpired",
@@ -194,6 +195,16 @@ JournalEvent = Union[  # noqa: UP007 - msgspec needs a Union object at runtime
 # Reuse one encoder and one typed decoder (msgspec performance tips).
 ENCODER = msgspec.msgpack.Encoder()
 DECODER = msgspec.msgpack.Decoder(list[JournalEvent])
+
+
+# A snapshot file stores each integer column packed (journal.segments), with this array typecode: the
+# widest value each column can hold.
+PACKED_COLUMNS = {
+    "proto": "B", "int_addr": "I", "int_port": "H", "ext_addr": "I", "ext_port": "H", "session": "q",
+    "created_ns": "q", "last_seen_ns": "q", "tcp_state": "B", "packets_out": "Q", "bytes_out": "Q",
+    "packets_in": "Q", "bytes_in": "Q", "remote_addr": "I", "remote_port": "H", "rest_proto": "B",
+    "rest_ext_addr": "I", "rest_ext_port": "H", "rest_until_ns": "q", "quota_flagged": "I",
+}  # fmt: skip
 
 
 class Snapshot(msgspec.Struct, frozen=True, array_like=True):

@@ -365,6 +365,7 @@ def _fold_equals_live(ops, seed, filtering, snap_at, seen: Counter) -> None:
     assert [e.seq for e in d.events[count:]] == [e.seq for e in d.events if e.seq > snap.upto_seq]
     later = DECODER.decode(ENCODER.encode(d.events[count:]))
     assert Nat.restore(config, snap, later).table_state(d.now) == live
+    assert Nat.restore(config, snap, later, lazy=True).table_state(d.now) == live  # rows loaded by the tail first
     seen["snapshot with mappings"] += bool(snap.proto)
     seen["snapshot with resting ports"] += bool(snap.rest_proto)
     seen["snapshot with sessions"] += bool(snap.sessions)

@@ -13,6 +13,7 @@ from journal.events import GatewayStarted, GatewayStopped, MappingCreated, Snaps
 from journal.frames import encode_frame
 from journal.segments import segment_name, snapshot_name, write_snapshot
 from journal.writer import JournalWriter
+from tests.helpers.snapshots import as_lists
 
 T = 1_767_225_600_000_000_000
 
@@ -60,7 +61,7 @@ def test_newest_snapshot_then_only_the_events_after_it(tmp_path):
     write_snapshot(tmp_path, snap(5))
     write_snapshot(tmp_path, snap(13))
     rec = recovery.load(tmp_path)
-    assert rec.snapshot == snap(13) and rec.snapshot_path == tmp_path / snapshot_name(13)
+    assert as_lists(rec.snapshot) == snap(13) and rec.snapshot_path == tmp_path / snapshot_name(13)
     assert [e.seq for e in rec.events] == list(range(14, 21))
     assert rec.last_seq == 20 and rec.notes == []
 
@@ -80,7 +81,7 @@ def test_corrupt_newest_snapshot_falls_back_to_the_previous_one_and_says_so(tmp_
     data[-2] ^= 0xFF
     newest.write_bytes(bytes(data))
     rec = recovery.load(tmp_path)
-    assert rec.snapshot == snap(4) and [e.seq for e in rec.events] == list(range(5, 11))
+    assert as_lists(rec.snapshot) == snap(4) and [e.seq for e in rec.events] == list(range(5, 11))
     (note,) = rec.notes
     assert note.kind == "bad_snapshot" and note.path == str(newest) and "older snapshot" in str(note)
 

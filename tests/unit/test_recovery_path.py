@@ -32,7 +32,9 @@ def _held(nat: Nat) -> set[tuple]:
     return {(m.key, m.ext_key, m.session, m.created + nat.wall_offset) for m in nat.mappings()}
 
 
-def test_the_documented_recovery_path_brings_back_the_table_after_a_crash(tmp_path) -> None:
+def _crashed(tmp_path) -> tuple[NatConfig, Nat, int, int]:
+    """A live NAT journaling to ``tmp_path`` (snapshot in the middle) that dies: (config, live, wall
+    clock of the crash, the external port of the flow that was busy until the crash)."""
     config = NatConfig(external_addresses=[PUBLIC])
     live = Nat(config, random.Random(9), wall_offset=WALL_AT_BOOT)
     writer = JournalWriter(tmp_path, fsync="always")
@@ -56,7 +58,12 @@ def test_the_documented_recovery_path_brings_back_the_table_after_a_crash(tmp_pa
     live.events = []
     writer.flush()
     writer.close()  # the process dies here: no GatewayStopped
-    crash_wall = mono + WALL_AT_BOOT
+    return config, live, mono + WALL_AT_BOOT, busy_port
+
+
+def test_the_documented_recovery_path_brings_back_the_table_after_a_crash(tmp_path) -> None:
+    config, live, crash_wall, busy_port = _crashed(tmp_path)
+
 
     # a new process 30 s later, whose monotonic clock reads 7 s
     now = 7 * NS
@@ -76,3 +83,25 @@ def test_the_documented_recovery_path_brings_back_the_table_after_a_crash(tmp_pa
     ping_port = live.lookup_internal(P.PROTO_ICMP, C, 7).ext_port
     assert nat.lookup_internal(P.PROTO_ICMP, C, 7) is None
     assert nat.is_resting(P.PROTO_ICMP, A(PUBLIC), ping_port, now + 119 * NS)  # 120 s from the restart
+
+
+def test_a_lazy_restore_forwards_the_busy_flow_before_the_table_is_whole_then_ends_the_idle_one(tmp_path):
+    config, live, crash_wall, busy_port = _crashed(tmp_path)
+    now, restart_wall = 7 * NS, crash_wall + 30 * NS
+    rec = load(tmp_path)
+    nat = Nat.restore(config, rec.snapshot, rec.events, wall_offset=restart_wall - now, lazy=True)
+    assert nat.resume(now, rec.down_since_ns) == 0 and nat.restoring  # the snapshot's rows wait
+    again = _udp(40000)
+    assert nat.translate_outbound(again, now + NS) == FORWARD and nat.restoring
+    assert endpoints(again)[1] == busy_port
+    while nat.expire(now + 2 * NS):
+        pass
+    assert _held(nat) | {_identity(live, P.PROTO_ICMP, 7)} == _held(live)
+    [gone] = [e for e in nat.events if isinstance(e, MappingExpired)]
+    assert gone.reason == "stale_at_recovery" and gone.at_ns == restart_wall + 2 * NS  # when its row loaded
+    assert gone.seq == rec.last_seq + 1 and nat.stale_at_recovery == 1
+
+
+def _identity(nat: Nat, proto: int, ident: int) -> tuple:
+    m = nat.lookup_internal(proto, C, ident)
+    return (m.key, m.ext_key, m.session, m.created + nat.wall_offset)
