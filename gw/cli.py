@@ -11,7 +11,7 @@ from gw.errors import GwError
 from journal.errors import JournalError
 
 EPILOG = """\
-commands still to come (see DESIGN.md): serve, connect, lab, keys.
+commands still to come (see DESIGN.md): serve, connect, lab.
 The journal tools are separate commands: gw-replay --help, gw-audit --help.
 """
 
@@ -49,7 +49,56 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--keep", action="store_true", help="keep the journal directory afterwards")
     demo.add_argument("--quiet", action="store_true", help="print only the summary")
+    keys = sub.add_parser(
+        "keys",
+        help="make and show identities (an Ed25519 key and a self-signed certificate)",
+        description=(
+            "Identities have no certificate authority: the gateway lists each client's fingerprint\n"
+            "(sha256 of its certificate) in gateway.toml, and each client pins the gateway's in\n"
+            "client.toml, as WireGuard peers list public keys. Revoke a client by its fingerprint."
+        ),
+        epilog=(
+            "examples:\n"
+            "  gw keys new gateway --dir /etc/gw        # on the gateway\n"
+            "  gw keys new alice-laptop                 # on the client: alice-laptop.key (0600) and .crt\n"
+            "  gw keys show alice-laptop.crt            # its fingerprint again"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    new = keys_sub.add_parser("new", help="write NAME.key (0600) and NAME.crt; print the config lines")
+    new.add_argument("name", help="the identity's name: letters, digits, '-', '_', '.'")
+    new.add_argument("--dir", default=".", help="where to write the files (default: here)")
+    show = keys_sub.add_parser("show", help="print a certificate's name, fingerprint and expiry")
+    show.add_argument("certificate", help="a NAME.crt written by gw keys new")
     return parser
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import NameOID
+
+    from gw import identity
+
+    if args.keys_command == "new":
+        me = identity.new_identity(args.name, args.dir)
+        cert, key = me.cert_path.resolve(), me.key_path.resolve()
+        print(f"wrote {key} (private: keep it on this machine) and {cert}")
+        print(f"fingerprint: {me.fingerprint}\n")
+        print("If this is a client, add it to the gateway's gateway.toml:")
+        print(f'  [[clients]]\n  name = "{me.name}"\n  fingerprint = "{me.fingerprint}"\n')
+        print("and point its client.toml at the files:")
+        print(f'  [identity]\n  certificate = "{cert}"\n  key = "{key}"\n')
+        print("If this is the gateway, its gateway.toml takes the same [identity] lines, and each")
+        print("client.toml pins it:")
+        print(f'  [gateway]\n  fingerprint = "{me.fingerprint}"')
+        return 0
+    cert = identity.load_certificate(args.certificate)
+    name = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    print(f"name: {name[0].value if name else '(none)'}")
+    print(f"fingerprint: {identity.fingerprint(cert.public_bytes(serialization.Encoding.DER))}")
+    print(f"valid until: {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             from gw.demo import run_demo
 
             return run_demo(journal=args.journal, clients=args.clients, keep=args.keep, quiet=args.quiet)
+        if args.command == "keys":
+            return _keys(args)
         parser.print_help()
         return 2
     except GwError as e:

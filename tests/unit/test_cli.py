@@ -56,3 +56,19 @@ def test_demo_into_a_closed_pipe_ends_quietly() -> None:
 def test_version_says_which_nat_fast_path_runs() -> None:
     out = subprocess.run([sys.executable, "-m", "gw", "--version"], capture_output=True, text=True, check=True)
     assert "NAT fast path: " in out.stdout
+
+
+def test_keys_new_prints_the_fingerprint_and_the_config_lines_and_show_prints_it_again(capsys, tmp_path) -> None:
+    assert main(["keys", "new", "alice", "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    fp = out.split("fingerprint: ")[1].split()[0]
+    assert f'fingerprint = "{fp}"' in out and "[[clients]]" in out and "[identity]" in out
+    assert main(["keys", "show", str(tmp_path / "alice.crt")]) == 0
+    assert f"fingerprint: {fp}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["keys", "new", "a/b"], ["keys", "show", "/nonexistent.crt"]])
+def test_keys_mistakes_are_one_line_and_exit_2(capsys, tmp_path, argv) -> None:
+    assert main(argv + (["--dir", str(tmp_path)] if argv[1] == "new" else [])) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gw: ") and err.count("\n") == 1 and "Traceback" not in err
