@@ -22,6 +22,9 @@ CORES = [
     "gw/ports.py",
     "gw/clients.py",
     "gw/snapshot.py",
+    "gw/pending.py",
+    "gw/vnet.py",
+    "gw/transport/wire.py",
     "journal/events.py",
 ]
 # I/O, event loops, threads, clocks, logging (the shell's job). subprocess and datetime for the same reasons.
