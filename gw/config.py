@@ -104,11 +104,33 @@ class VpnConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     icmp_error_burst: int = ICMP_ERROR_BURST
 
 
+class TunnelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The ``[tunnel]`` section: where the gateway listens, its identity (``gw keys new``), the session."""
+
+    listen: str = "0.0.0.0:8443"
+    certificate: str = ""
+    key: str = ""
+    mtu: int = 1400  # the TUN MTU clients get: 1400 leaves room for TLS, TCP and IP over a 1500 path
+    keepalive_s: float = 10.0
+    dead_after_s: float = 30.0  # three keepalives missed
+
+
+class ClientEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One ``[[clients]]`` table: a client allowed in, by the fingerprint ``gw keys new`` printed."""
+
+    name: str
+    fingerprint: str
+    address: str = ""  # a fixed VPN address; empty: one from the pool, the same one each time it is free
+    revoked: bool = False
+
+
 class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A whole gateway.toml (the sections the cores use; the daemon adds its own)."""
+    """A whole gateway.toml."""
 
     nat: NatConfig = msgspec.field(default_factory=NatConfig)
     vpn: VpnConfig = msgspec.field(default_factory=VpnConfig)
+    tunnel: TunnelConfig = msgspec.field(default_factory=TunnelConfig)
+    clients: list[ClientEntry] = msgspec.field(default_factory=list)
 
 
 def parse(text: str, source: str = "gateway.toml") -> GatewayConfig:
@@ -161,6 +183,8 @@ def _describe(e: msgspec.ValidationError, raw: dict) -> str:
         listed = ", ".join(f"[{s}]" for s in sections)
         return f"[{unknown[1]}]: unknown section (remove it; the sections are {listed})"
     section = path[0]
+    if section == "clients":  # an array of tables: [[clients]]
+        return _describe_client(head, path, raw, unknown)
     fields = getattr(GatewayConfig(), section)
     if unknown:
         return (
@@ -181,6 +205,26 @@ def _describe(e: msgspec.ValidationError, raw: dict) -> str:
     else:
         fix = f"for example {path[1]} = {_toml(getattr(fields, path[1]))}"
     return f"[{section}] {key} = {_toml(value)}: {head} ({fix})"
+
+
+def _describe_client(head: str, path: list[str], raw: dict, unknown: re.Match | None) -> str:
+    """Mistakes in a [[clients]] table, named by the table's position and the client's name."""
+    if len(path) == 1:
+        return "clients: write each client as a [[clients]] table with name and fingerprint"
+    index = int(path[1][1:-1]) if path[1].startswith("[") else 0
+    try:
+        entry = raw["clients"][index]
+        name = entry.get("name", "?") if isinstance(entry, dict) else "?"
+    except (KeyError, IndexError, TypeError):
+        entry, name = {}, "?"
+    where = f"[[clients]] #{index + 1} ({name})"
+    if unknown:
+        return f"{where} {unknown[1]}: unknown key (the keys are {', '.join(ClientEntry.__struct_fields__)})"
+    if "missing required field" in head:
+        return f"{where}: {head} (each client needs name = \"...\" and fingerprint = \"...\" from gw keys new)"
+    key = path[2] if len(path) > 2 else "?"
+    value = entry.get(key, "?") if isinstance(entry, dict) else "?"
+    return f"{where} {key} = {_toml(value)}: {head}"
 
 
 def _fail(source: str, key: str, value: object, why: str) -> None:
@@ -222,6 +266,7 @@ def check(config: GatewayConfig, source: str = "gateway.toml") -> None:
             inet.parse_prefix(d)
         except ValueError as e:
             fail("[vpn] deny", d, f'{e} (write a prefix, e.g. "169.254.0.0/16")')
+    check_tunnel(config, net, length, gw_addr, source)
     for a in nat.external_addresses:
         if inet.in_prefix(inet.aton(a), net, length):
             fail(
@@ -229,6 +274,55 @@ def check(config: GatewayConfig, source: str = "gateway.toml") -> None:
                 a,
                 f"a public address cannot lie inside the VPN subnet {vpn.subnet}",
             )
+
+
+def check_tunnel(config: GatewayConfig, net: int, length: int, gw_addr: int, source: str) -> None:
+    """The ``[tunnel]`` section and the ``[[clients]]`` tables. Raises ConfigError."""
+    t = config.tunnel
+
+    def fail(key: str, value: object, why: str) -> None:
+        _fail(source, key, value, why)
+
+    host, sep, port = t.listen.rpartition(":")
+    try:
+        inet.aton(host)
+    except ValueError:
+        sep = ""
+    if not sep or not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        fail("[tunnel] listen", t.listen, 'write "ADDRESS:PORT", e.g. "0.0.0.0:8443"')
+    if not 576 <= t.mtu <= 65535:
+        fail("[tunnel] mtu", t.mtu, "use 576-65535 (1400 suits a 1500-byte path)")
+    if not 0 < t.keepalive_s < t.dead_after_s:
+        fail("[tunnel] keepalive_s", t.keepalive_s, f"must be above 0 and below dead_after_s ({t.dead_after_s:g})")
+    names, prints, fixed = set(), set(), set()
+    broadcast = net | (~inet.prefix_mask(length) & 0xFFFFFFFF)
+    for i, c in enumerate(config.clients):
+        where = f"[[clients]] #{i + 1} ({c.name})"
+        if not c.name or not all(ch.isalnum() or ch in "-_." for ch in c.name):
+            fail(f"{where} name", c.name, "use letters, digits, '-', '_' and '.'")
+        if c.name in names:
+            fail(f"{where} name", c.name, "another client has this name (names appear in the journal)")
+        fp = c.fingerprint.lower().replace(":", "")
+        if len(fp) != 64 or not all(ch in "0123456789abcdef" for ch in fp):
+            fail(f"{where} fingerprint", c.fingerprint, "64 hex digits, as gw keys new printed it")
+        if fp in prints:
+            fail(f"{where} fingerprint", c.fingerprint, "another client has this fingerprint")
+        if c.address:
+            try:
+                a = inet.aton(c.address)
+            except ValueError:
+                fail(f"{where} address", c.address, 'write a dotted quad, e.g. "10.66.77.10", or leave it out')
+            if not inet.in_prefix(a, net, length) or a in (net, broadcast, gw_addr):
+                fail(
+                    f"{where} address",
+                    c.address,
+                    f"must be a host address in [vpn] subnet {config.vpn.subnet} other than the gateway's",
+                )
+            if a in fixed:
+                fail(f"{where} address", c.address, "another client has this fixed address")
+            fixed.add(a)
+        names.add(c.name)
+        prints.add(fp)
 
 
 def check_nat(nat: NatConfig, source: str = "gateway.toml") -> None:

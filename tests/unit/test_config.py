@@ -218,3 +218,57 @@ def test_load_reads_a_file_and_names_it_in_errors(tmp_path: Path) -> None:
 
 def test_every_nat_key_has_a_default_so_an_empty_section_is_valid() -> None:
     assert config.parse("[nat]\n[vpn]\n", SOURCE) == GatewayConfig()
+
+
+FP_A, FP_B = "a" * 64, "b" * 64
+
+
+def test_clients_and_the_tunnel_section_parse_in_the_spirit_of_wg_quick() -> None:
+    c = config.parse(
+        f"""
+[tunnel]
+listen = "198.51.100.1:8443"
+certificate = "/etc/gw/gateway.crt"
+key = "/etc/gw/gateway.key"
+
+[[clients]]
+name = "alice"
+fingerprint = "{FP_A}"
+address = "10.66.77.10"
+
+[[clients]]
+name = "bob"
+fingerprint = "{FP_B}"
+revoked = true
+""",
+        SOURCE,
+    )
+    assert [(e.name, e.address, e.revoked) for e in c.clients] == [("alice", "10.66.77.10", False), ("bob", "", True)]
+    assert c.tunnel.listen == "198.51.100.1:8443" and c.tunnel.mtu == 1400
+
+
+@pytest.mark.parametrize(
+    "text, expect",
+    [
+        ('[[clients]]\nname = "alice"\n', r"\[\[clients\]\] #1 \(alice\): .*fingerprint.*gw keys new"),
+        (f'[[clients]]\nname = "alice"\nfingerprint = "{FP_A}"\ncolour = "red"\n', r"#1 \(alice\) colour: unknown key"),
+        ('[[clients]]\nname = "alice"\nfingerprint = "abc"\n', r'fingerprint = "abc": 64 hex digits'),
+        (f'[[clients]]\nname = "a"\nfingerprint = "{FP_A}"\n[[clients]]\nname = "a"\nfingerprint = "{FP_B}"\n',
+         r"#2 \(a\) name = \"a\": another client has this name"),
+        (f'[[clients]]\nname = "a"\nfingerprint = "{FP_A}"\n[[clients]]\nname = "b"\nfingerprint = "{FP_A}"\n',
+         r"another client has this fingerprint"),
+        (f'[[clients]]\nname = "a"\nfingerprint = "{FP_A}"\naddress = "10.66.77.1"\n', r"other than the gateway's"),
+        (f'[[clients]]\nname = "a"\nfingerprint = "{FP_A}"\naddress = "192.0.2.1"\n', r"in \[vpn\] subnet"),
+        (f'[[clients]]\nname = "a"\nfingerprint = "{FP_A}"\nrevoked = "yes"\n', r"revoked = \"yes\": Expected `bool`"),
+        ('clients = "alice"\n', r"write each client as a \[\[clients\]\] table"),
+        ('[tunnel]\nlisten = "8443"\n', r'\[tunnel\] listen = "8443": write "ADDRESS:PORT"'),
+        ('[tunnel]\nkeepalive_s = 60\n', r"keepalive_s = 60.*below dead_after_s"),
+        ('[tunnel]\nmtu = 100\n', r"\[tunnel\] mtu = 100"),
+    ],
+    ids=["no-fingerprint", "unknown-key", "short-fingerprint", "same-name", "same-fingerprint", "gateway-address",
+         "outside-subnet", "not-a-bool", "not-a-table", "listen", "keepalive", "mtu"],
+)  # fmt: skip
+def test_client_and_tunnel_mistakes_name_the_table_the_key_and_the_fix(text: str, expect: str) -> None:
+    with pytest.raises(ConfigError, match=expect) as e:
+        config.parse(text, SOURCE)
+    assert str(e.value).startswith(SOURCE)

@@ -25,6 +25,7 @@ CORES = [
     "gw/pending.py",
     "gw/vnet.py",
     "gw/transport/wire.py",
+    "gw/sessions.py",
     "journal/events.py",
 ]
 # I/O, event loops, threads, clocks, logging (the shell's job). subprocess and datetime for the same reasons.
