@@ -46,7 +46,13 @@ def test_constants() -> None:
     assert vnet.VNET_HDR_LEN == 10
     assert vnet.NO_OFFLOAD == bytes(10)
     assert vnet.read_header(vnet.NO_OFFLOAD) == (0, vnet.VNET_GSO_NONE, 0, 0, 0, 0)
-    gso = (vnet.VNET_GSO_NONE, vnet.VNET_GSO_TCPV4, vnet.VNET_GSO_UDP, vnet.VNET_GSO_TCPV6, vnet.VNET_GSO_UDP_L4)
+    gso = (
+        vnet.VNET_GSO_NONE,
+        vnet.VNET_GSO_TCPV4,
+        vnet.VNET_GSO_UDP,
+        vnet.VNET_GSO_TCPV6,
+        vnet.VNET_GSO_UDP_L4,
+    )
     assert gso == (0, 1, 3, 4, 5)
     assert (vnet.VNET_F_NEEDS_CSUM, vnet.VNET_F_DATA_VALID, vnet.VNET_GSO_ECN) == (1, 2, 0x80)
 
