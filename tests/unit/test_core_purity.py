@@ -26,6 +26,7 @@ CORES = [
     "gw/vnet.py",
     "gw/transport/wire.py",
     "gw/sessions.py",
+    "gw/offload.py",
     "journal/events.py",
 ]
 # I/O, event loops, threads, clocks, logging (the shell's job). subprocess and datetime for the same reasons.
