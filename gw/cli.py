@@ -11,7 +11,7 @@ from gw.errors import GwError
 from journal.errors import JournalError
 
 EPILOG = """\
-commands still to come (see DESIGN.md): serve, connect, lab.
+commands still to come (see DESIGN.md): lab; serve does not reach the internet yet (issue 12).
 The journal tools are separate commands: gw-replay --help, gw-audit --help.
 """
 
@@ -49,6 +49,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--keep", action="store_true", help="keep the journal directory afterwards")
     demo.add_argument("--quiet", action="store_true", help="print only the summary")
+    serve = sub.add_parser(
+        "serve",
+        help="run the gateway daemon",
+        description=(
+            "The gateway: accepts tunnels from the clients gateway.toml lists, routes between them,\n"
+            "answers ping on its VPN address, and journals every session and NAT event. Stops on\n"
+            "SIGTERM or Ctrl-C (GatewayStopped journaled). The way to the internet comes next."
+        ),
+        epilog="example: gw serve -c /etc/gw/gateway.toml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("-c", "--config", required=True, metavar="FILE", help="gateway.toml")
+    conn = sub.add_parser(
+        "connect",
+        help="run the VPN client",
+        description=(
+            "The client: opens a tunnel to the pinned gateway, makes its TUN device from the welcome\n"
+            "and routes the VPN subnet through it; reconnects with backoff. Needs root (a TUN device)."
+        ),
+        epilog="example: gw connect -c ~/.config/gw/client.toml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    conn.add_argument("-c", "--config", required=True, metavar="FILE", help="client.toml")
     keys = sub.add_parser(
         "keys",
         help="make and show identities (an Ed25519 key and a self-signed certificate)",
@@ -111,6 +134,16 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(journal=args.journal, clients=args.clients, keep=args.keep, quiet=args.quiet)
         if args.command == "keys":
             return _keys(args)
+        if args.command == "serve":
+            from gw import config
+            from gw.server import serve
+
+            return serve(config.load(args.config))
+        if args.command == "connect":
+            from gw import config
+            from gw.client import connect_main
+
+            return connect_main(config.load_client(args.config))
         parser.print_help()
         return 2
     except GwError as e:

@@ -124,6 +124,14 @@ class ClientEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     revoked: bool = False
 
 
+class JournalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The ``[journal]`` section."""
+
+    directory: str = "/var/lib/gw/journal"
+    fsync: Literal["always", "interval", "never"] = "interval"
+    snapshot_every_s: int = 300  # bounds recovery time: a restart reads one snapshot and what came after
+
+
 class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A whole gateway.toml."""
 
@@ -131,6 +139,67 @@ class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     vpn: VpnConfig = msgspec.field(default_factory=VpnConfig)
     tunnel: TunnelConfig = msgspec.field(default_factory=TunnelConfig)
     clients: list[ClientEntry] = msgspec.field(default_factory=list)
+    journal: JournalConfig = msgspec.field(default_factory=JournalConfig)
+
+
+# ------------------------------------------------------------------------------------------ client.toml
+
+
+class ClientGateway(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """client.toml's ``[gateway]``: where it is and the fingerprint it must show."""
+
+    endpoint: str
+    fingerprint: str
+
+
+class ClientIdentity(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    certificate: str
+    key: str
+
+
+class ClientConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A whole client.toml."""
+
+    gateway: ClientGateway
+    identity: ClientIdentity
+    device: str = "gw0"  # the TUN's name
+
+
+def parse_client(text: str, source: str = "client.toml") -> ClientConfig:
+    """TOML text -> checked ClientConfig. Raises ConfigError naming ``source``, key, value and fix."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from None
+    try:
+        c = msgspec.convert(raw, ClientConfig)
+    except msgspec.ValidationError as e:
+        head, _, where = str(e).rpartition(" - at `$")
+        where = where.rstrip("`").lstrip(".")
+        section, _, key = where.partition(".")
+        place = f"[{section}] {key}" if key else (f"[{section}]" if section else "")
+        hint = " (client.toml needs [gateway] endpoint and fingerprint, [identity] certificate and key)"
+        raise ConfigError(f"{source}: {place}: {head or e}{hint}".replace(": : ", ": ")) from None
+    host, sep, port = c.gateway.endpoint.rpartition(":")
+    if not sep or not host or not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        _fail(source, "[gateway] endpoint", c.gateway.endpoint, 'write "HOST:PORT", e.g. "198.51.100.1:8443"')
+    fp = c.gateway.fingerprint.lower().replace(":", "")
+    if len(fp) != 64 or not all(ch in "0123456789abcdef" for ch in fp):
+        _fail(
+            source, "[gateway] fingerprint", c.gateway.fingerprint, "64 hex digits, as gw keys new printed it"
+        )
+    if not c.device or len(c.device) > 15:
+        _fail(source, "device", c.device, "an interface name of 1-15 characters, e.g. gw0")
+    return c
+
+
+def load_client(path: str) -> ClientConfig:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the configuration: {e.strerror}") from None
+    return parse_client(text, path)
 
 
 def parse(text: str, source: str = "gateway.toml") -> GatewayConfig:
@@ -221,7 +290,7 @@ def _describe_client(head: str, path: list[str], raw: dict, unknown: re.Match | 
     if unknown:
         return f"{where} {unknown[1]}: unknown key (the keys are {', '.join(ClientEntry.__struct_fields__)})"
     if "missing required field" in head:
-        return f"{where}: {head} (each client needs name = \"...\" and fingerprint = \"...\" from gw keys new)"
+        return f'{where}: {head} (each client needs name = "..." and fingerprint = "..." from gw keys new)'
     key = path[2] if len(path) > 2 else "?"
     value = entry.get(key, "?") if isinstance(entry, dict) else "?"
     return f"{where} {key} = {_toml(value)}: {head}"
@@ -293,7 +362,11 @@ def check_tunnel(config: GatewayConfig, net: int, length: int, gw_addr: int, sou
     if not 576 <= t.mtu <= 65535:
         fail("[tunnel] mtu", t.mtu, "use 576-65535 (1400 suits a 1500-byte path)")
     if not 0 < t.keepalive_s < t.dead_after_s:
-        fail("[tunnel] keepalive_s", t.keepalive_s, f"must be above 0 and below dead_after_s ({t.dead_after_s:g})")
+        fail(
+            "[tunnel] keepalive_s",
+            t.keepalive_s,
+            f"must be above 0 and below dead_after_s ({t.dead_after_s:g})",
+        )
     names, prints, fixed = set(), set(), set()
     broadcast = net | (~inet.prefix_mask(length) & 0xFFFFFFFF)
     for i, c in enumerate(config.clients):
@@ -311,7 +384,9 @@ def check_tunnel(config: GatewayConfig, net: int, length: int, gw_addr: int, sou
             try:
                 a = inet.aton(c.address)
             except ValueError:
-                fail(f"{where} address", c.address, 'write a dotted quad, e.g. "10.66.77.10", or leave it out')
+                fail(
+                    f"{where} address", c.address, 'write a dotted quad, e.g. "10.66.77.10", or leave it out'
+                )
             if not inet.in_prefix(a, net, length) or a in (net, broadcast, gw_addr):
                 fail(
                     f"{where} address",
@@ -384,7 +459,11 @@ def check_nat(nat: NatConfig, source: str = "gateway.toml") -> None:
             "must be at least 65535 (one datagram)",
         )
     if nat.fragment_max_datagrams_per_source < 1:
-        fail("[nat] fragment_max_datagrams_per_source", nat.fragment_max_datagrams_per_source, "must be at least 1")
+        fail(
+            "[nat] fragment_max_datagrams_per_source",
+            nat.fragment_max_datagrams_per_source,
+            "must be at least 1",
+        )
     if nat.low_ports_per_client < 0:
         fail("[nat] low_ports_per_client", nat.low_ports_per_client, "must be 0 or more (0: none below 1024)")
     if nat.max_remotes_per_client < 1:

@@ -272,3 +272,20 @@ def test_client_and_tunnel_mistakes_name_the_table_the_key_and_the_fix(text: str
     with pytest.raises(ConfigError, match=expect) as e:
         config.parse(text, SOURCE)
     assert str(e.value).startswith(SOURCE)
+
+
+def test_client_toml_parses_and_its_mistakes_name_the_key_and_the_fix() -> None:
+    good = (
+        f'[gateway]\nendpoint = "192.0.2.1:8443"\nfingerprint = "{FP_A}"\n'
+        '[identity]\ncertificate = "a.crt"\nkey = "a.key"\n'
+    )
+    c = config.parse_client(good, "client.toml")
+    assert c.gateway.endpoint == "192.0.2.1:8443" and c.device == "gw0"
+    with pytest.raises(ConfigError, match=r'client.toml: \[gateway\] endpoint = "192.0.2.1": write "HOST:PORT"'):
+        config.parse_client(good.replace("192.0.2.1:8443", "192.0.2.1"), "client.toml")
+    with pytest.raises(ConfigError, match=r"\[gateway\] fingerprint = .*64 hex digits"):
+        config.parse_client(good.replace(FP_A, "xyz"), "client.toml")
+    with pytest.raises(ConfigError, match=r"client.toml: .*identity.*needs \[gateway\] endpoint"):
+        config.parse_client(good.split("[identity]")[0], "client.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config.parse_client("[gateway", "client.toml")
