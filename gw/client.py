@@ -38,7 +38,9 @@ async def run_client(config: ClientConfig, stop: asyncio.Event) -> int:
     try:
         while not stop.is_set():
             try:
-                conn, welcome = await connect(host, int(port), me, config.gateway.fingerprint)
+                conn, welcome = await connect(
+                    host, int(port), me, config.gateway.fingerprint, offloads=config.offloads
+                )
             except (Refused, PinMismatch) as e:
                 log.error("the gateway at %s: %s", config.gateway.endpoint, e)
                 return 2
@@ -49,7 +51,7 @@ async def run_client(config: ClientConfig, stop: asyncio.Event) -> int:
                 continue
             backoff = BACKOFF_FIRST_S
             if tun is None:
-                tun = TunDevice.open(config.device, vnet_hdr=True)
+                tun = TunDevice.open(config.device, vnet_hdr=conn.vnet)
             tun.configure(welcome.vpn_addr, welcome.prefix_len, welcome.mtu)
             log.info("session %d: %s/%d via %s", welcome.session, welcome.vpn_addr, welcome.prefix_len,
                      config.gateway.endpoint)  # fmt: skip
@@ -57,7 +59,7 @@ async def run_client(config: ClientConfig, stop: asyncio.Event) -> int:
             def from_tun(tun: TunDevice = tun, conn=conn) -> None:
                 batch = tun.read_batch(TUN_BATCH)
                 if batch:
-                    conn.send_packets(batch, vnet=True)
+                    conn.send_packets(batch, vnet=conn.vnet)
 
             def to_tun(packets, vnet, tun: TunDevice = tun) -> None:
                 for pkt in packets:

@@ -163,6 +163,7 @@ class ClientConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     gateway: ClientGateway
     identity: ClientIdentity
     device: str = "gw0"  # the TUN's name
+    offloads: bool = True  # TUN offloads (TCP super-packets of 64 KB); false: one packet per MTU
 
 
 def parse_client(text: str, source: str = "client.toml") -> ClientConfig:

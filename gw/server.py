@@ -29,7 +29,7 @@ from gw import vnet as V
 from gw.config import GatewayConfig
 from gw.identity import load_identity
 from gw.nat import Nat
-from gw.offload import translate_partial
+from gw.offload import finish_checksum, translate_partial
 from gw.router import Router
 from gw.sessions import SessionDirectory
 from gw.transport import wire
@@ -49,7 +49,7 @@ class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self.identity = load_identity(config.tunnel.certificate, config.tunnel.key)
-        self.counts = {"no_external": 0, "vnet_mismatch": 0, "echo_replies": 0}
+        self.counts = {"no_external": 0, "gso_to_plain": 0, "echo_replies": 0}
         self.nat: Nat | None = None
         self.port = 0
         self.sessions: set[GatewayConnection] = set()
@@ -139,7 +139,11 @@ class Gateway:
                 if dest.vnet == vnet:
                     out.setdefault(dest, []).append(pkt)
                 else:
-                    self.counts["vnet_mismatch"] += 1
+                    converted = _convert(pkt, vnet)
+                    if converted is None:
+                        self.counts["gso_to_plain"] += 1
+                    else:
+                        out.setdefault(dest, []).append(converted)
             elif verdict == Route.LOCAL:
                 reply = self._local(ip)
                 if reply is not None:
@@ -192,6 +196,21 @@ class Gateway:
 
     def _journal_error(self, exc: Exception) -> None:
         log.error("journal: %s", exc)
+
+
+def _convert(pkt: memoryview, vnet: bool) -> bytes | bytearray | None:
+    """A packet between a session with offloads and one without: the vnet header added, or taken off
+    with the checksum finished. None for a super-packet to a session without offloads: segmenting it
+    in user space is not done (yet); such a pair of clients should both run with offloads."""
+    if not vnet:
+        return V.NO_OFFLOAD + bytes(pkt)
+    flags, gso_type, _hdr_len, _gso_size, csum_start, csum_offset = V.read_header(pkt)
+    if gso_type & ~V.VNET_GSO_ECN != V.VNET_GSO_NONE:
+        return None
+    ip = bytearray(pkt[V.VNET_HDR_LEN :])
+    if flags & V.VNET_F_NEEDS_CSUM and len(ip) >= 20:
+        finish_checksum(ip, csum_start, csum_offset)
+    return ip
 
 
 def serve(config: GatewayConfig) -> int:

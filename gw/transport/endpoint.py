@@ -291,9 +291,9 @@ class TunnelServer:
 class ClientConnection(_Stream):
     """The client's tunnel: ``await ready`` gives the Welcome (or raises Refused / PinMismatch)."""
 
-    def __init__(self, me: Identity, gateway_fingerprint: str) -> None:
+    def __init__(self, me: Identity, gateway_fingerprint: str, offloads: bool = True) -> None:
         super().__init__()
-        self._handshake = ClientHandshake(me, gateway_fingerprint)
+        self._handshake = ClientHandshake(me, gateway_fingerprint, ("vnet",) if offloads else ())
         self.ready = asyncio.get_running_loop().create_future()
         self.closed.add_done_callback(self._closed_early)
 
@@ -317,7 +317,7 @@ class ClientConnection(_Stream):
             return
         if isinstance(answer, wire.Welcome):
             self.established = True
-            self.vnet = answer.offloads
+            self.vnet = answer.offloads and "vnet" in self._handshake.features
             self._live(answer.keepalive_s, answer.dead_after_s)
             self.ready.set_result(answer)
         else:
@@ -332,15 +332,15 @@ class ClientConnection(_Stream):
 
 
 async def connect(
-    host: str, port: int, me: Identity, gateway_fingerprint: str, timeout: float = 15.0
+    host: str, port: int, me: Identity, gateway_fingerprint: str, timeout: float = 15.0, offloads: bool = True
 ) -> tuple[ClientConnection, wire.Welcome]:
     """Open a tunnel: TLS, pin check, proof; returns the connection and its Welcome.
 
     Raises: PinMismatch, Refused, ConnectionError/OSError (unreachable, closed), TimeoutError."""
     loop = asyncio.get_running_loop()
-    _, conn = await asyncio.wait_for(
-        loop.create_connection(lambda: ClientConnection(me, gateway_fingerprint), host, port, ssl=client_context()),
-        timeout,
-    )  # fmt: skip
+    opening = loop.create_connection(
+        lambda: ClientConnection(me, gateway_fingerprint, offloads), host, port, ssl=client_context()
+    )
+    _, conn = await asyncio.wait_for(opening, timeout)
     welcome = await asyncio.wait_for(conn.ready, timeout)
     return conn, welcome

@@ -101,8 +101,11 @@ class GatewayHandshake:
 class ClientHandshake:
     """The client's side: ``check_gateway(der)``, then ``receive`` each control frame until a Welcome."""
 
-    def __init__(self, me: identity.Identity, gateway_fingerprint: str) -> None:
+    def __init__(
+        self, me: identity.Identity, gateway_fingerprint: str, features: tuple[str, ...] = FEATURES
+    ) -> None:
         self._me = me
+        self.features = features
         self._pin = gateway_fingerprint.lower().replace(":", "")
         self._checked = False
 
@@ -125,7 +128,7 @@ class ClientHandshake:
                 raise ProtocolError(Close.PROTOCOL, f"a nonce of {len(message.nonce)} bytes")
             signature = self._me.sign(proof_data(message.nonce, self._pin))
             return wire.encode_message(
-                wire.Hello(wire.PROTOCOL_VERSION, self._me.certificate, signature, list(FEATURES))
+                wire.Hello(wire.PROTOCOL_VERSION, self._me.certificate, signature, list(self.features))
             )
         if isinstance(message, wire.Welcome):
             return message
