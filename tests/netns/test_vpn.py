@@ -86,7 +86,9 @@ class Lab:
             netns.run(ns, "ip", "addr", "add", f"{c_ip}/30", "dev", f"c{i}")
             netns.run(ns, "ip", "link", "set", f"c{i}", "up")
         keys = tmp / "keys"
-        self.ids = {n: identity.new_identity(n, keys) for n in ("gateway", "alice", "bob", "mallory")}
+        self.ids = {
+            n: identity.new_identity(n, keys) for n in ("gateway", "alice", "bob", "carol", "mallory")
+        }
         self.journal = tmp / "journal"
         (tmp / "gateway.toml").write_text(f"""
 [tunnel]
@@ -104,6 +106,10 @@ fingerprint = "{self.ids["alice"].fingerprint}"
 [[clients]]
 name = "bob"
 fingerprint = "{self.ids["bob"].fingerprint}"
+[[clients]]
+name = "carol"
+fingerprint = "{self.ids["carol"].fingerprint}"
+revoked = true
 """)
 
     def client_toml(self, name: str, endpoint: str, offloads: bool = True) -> Path:
@@ -258,3 +264,37 @@ def test_a_100_mb_tcp_transfer_between_clients_arrives_whole(lab, alice_offloads
     except BaseException:
         print(lab.logs())
         raise
+
+
+def test_a_client_keeps_its_address_across_reconnects_and_gateway_restarts_and_a_revoked_one_is_refused(lab):
+    gateway = lab.start(lab.g, "serve", "-c", str(lab.tmp / "gateway.toml"), log="gateway.log")
+    time.sleep(0.5)
+    alice_toml = str(lab.client_toml("alice", "192.0.2.1:8443"))
+    alice = lab.start(lab.c1, "connect", "-c", alice_toml, log="alice.log")
+    try:
+        first = lab.netns.call(lab.c1, vpn_address)
+        assert lab.stop(alice) == 0  # the client stops cleanly and removes its TUN
+        lab.start(lab.c1, "connect", "-c", alice_toml, log="alice2.log")
+        assert lab.netns.call(lab.c1, vpn_address) == first
+        assert lab.stop(gateway) == 0
+        gateway = lab.start(lab.g, "serve", "-c", str(lab.tmp / "gateway.toml"), log="gateway2.log")
+        deadline = time.monotonic() + 15  # the client reconnects with backoff
+        while time.monotonic() < deadline:
+            if (lab.tmp / "alice2.log").read_text().count("session ") >= 2:
+                break
+            time.sleep(0.2)
+        assert (lab.tmp / "alice2.log").read_text().count("session ") >= 2, lab.logs()
+        assert lab.netns.call(lab.c1, vpn_address) == first
+        assert lab.netns.call(lab.c1, icmp_echo, "10.66.77.1") < 3000
+        carol = lab.start(
+            lab.c2, "connect", "-c", str(lab.client_toml("carol", "192.0.2.5:8443")), log="carol.log"
+        )
+        assert carol.wait(10) == 2
+    except BaseException:
+        print(lab.logs())
+        raise
+    assert lab.stop(gateway) == 0
+    events = recovery.load(lab.journal, truncate_torn_tail=False).events
+    refused = [(e.client, e.reason) for e in events if type(e) is SessionRefused]
+    assert refused == [("carol", "revoked")]
+    assert len({e.vpn_addr for e in events if type(e) is SessionOpened}) == 1  # three sessions, one address
