@@ -166,6 +166,13 @@ class ClientConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     offloads: bool = True  # TUN offloads (TCP super-packets of 64 KB); false: one packet per MTU
 
 
+def fingerprint_hex(text: str) -> str | None:
+    """A fingerprint as gateway.toml and client.toml may write it (any case, colons allowed), as the
+    64 lowercase hex digits the handshake compares; None if it is not one."""
+    fp = text.lower().replace(":", "")
+    return fp if len(fp) == 64 and all(ch in "0123456789abcdef" for ch in fp) else None
+
+
 def parse_client(text: str, source: str = "client.toml") -> ClientConfig:
     """TOML text -> checked ClientConfig. Raises ConfigError naming ``source``, key, value and fix."""
     try:
@@ -184,8 +191,7 @@ def parse_client(text: str, source: str = "client.toml") -> ClientConfig:
     host, sep, port = c.gateway.endpoint.rpartition(":")
     if not sep or not host or not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
         _fail(source, "[gateway] endpoint", c.gateway.endpoint, 'write "HOST:PORT", e.g. "198.51.100.1:8443"')
-    fp = c.gateway.fingerprint.lower().replace(":", "")
-    if len(fp) != 64 or not all(ch in "0123456789abcdef" for ch in fp):
+    if fingerprint_hex(c.gateway.fingerprint) is None:
         _fail(
             source, "[gateway] fingerprint", c.gateway.fingerprint, "64 hex digits, as gw keys new printed it"
         )
@@ -195,12 +201,8 @@ def parse_client(text: str, source: str = "client.toml") -> ClientConfig:
 
 
 def load_client(path: str) -> ClientConfig:
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the configuration: {e.strerror}") from None
-    return parse_client(text, path)
+    """Read and parse a client.toml. Raises ConfigError if it cannot be read."""
+    return parse_client(_read(path), path)
 
 
 def parse(text: str, source: str = "gateway.toml") -> GatewayConfig:
@@ -219,12 +221,15 @@ def parse(text: str, source: str = "gateway.toml") -> GatewayConfig:
 
 def load(path: str) -> GatewayConfig:
     """Read and parse a config file. Raises ConfigError if it cannot be read."""
+    return parse(_read(path), path)
+
+
+def _read(path: str) -> str:
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            return f.read()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the configuration: {e.strerror}") from None
-    return parse(text, path)
 
 
 def _toml(value: object) -> str:
@@ -376,8 +381,8 @@ def check_tunnel(config: GatewayConfig, net: int, length: int, gw_addr: int, sou
             fail(f"{where} name", c.name, "use letters, digits, '-', '_' and '.'")
         if c.name in names:
             fail(f"{where} name", c.name, "another client has this name (names appear in the journal)")
-        fp = c.fingerprint.lower().replace(":", "")
-        if len(fp) != 64 or not all(ch in "0123456789abcdef" for ch in fp):
+        fp = fingerprint_hex(c.fingerprint)
+        if fp is None:
             fail(f"{where} fingerprint", c.fingerprint, "64 hex digits, as gw keys new printed it")
         if fp in prints:
             fail(f"{where} fingerprint", c.fingerprint, "another client has this fingerprint")

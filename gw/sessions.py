@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 
 from gw import inet
-from gw.config import ClientEntry, GatewayConfig
+from gw.config import ClientEntry, GatewayConfig, fingerprint_hex
 from gw.nat import Nat
 from gw.transport import wire
 from journal.events import SessionRefused
@@ -34,7 +34,7 @@ class SessionDirectory:
         self.config, self.nat = config, nat
         net, self._prefix_len = inet.parse_prefix(config.vpn.subnet)
         self._gateway = inet.aton(config.vpn.gateway_address)
-        self._by_fingerprint = {c.fingerprint.lower().replace(":", ""): c for c in config.clients}
+        self._by_fingerprint = {fingerprint_hex(c.fingerprint): c for c in config.clients}
         fixed = {inet.aton(c.address) for c in config.clients if c.address}
         broadcast = net | (~inet.prefix_mask(self._prefix_len) & 0xFFFFFFFF)
         self._pool = [a for a in range(net + 1, broadcast) if a != self._gateway and a not in fixed]

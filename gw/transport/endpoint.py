@@ -127,7 +127,7 @@ class _Stream(asyncio.BufferedProtocol):
             return
         if ftype == wire.CLOSE:
             message = wire.decode_message(ftype, payload)
-            code = Close(message.code) if message.code in Close._value2member_map_ else Close.PROTOCOL
+            code = Close.of(message.code)
             self._finish(code, f"the peer closed: {message.reason}")
             return
         self.handshake_frame(ftype, payload)

@@ -24,6 +24,7 @@ import os
 from dataclasses import dataclass
 
 from gw import identity
+from gw.config import fingerprint_hex
 from gw.transport import wire
 from gw.transport.wire import Close, ProtocolError
 
@@ -106,7 +107,7 @@ class ClientHandshake:
     ) -> None:
         self._me = me
         self.features = features
-        self._pin = gateway_fingerprint.lower().replace(":", "")
+        self._pin = fingerprint_hex(gateway_fingerprint) or gateway_fingerprint
         self._checked = False
 
     def check_gateway(self, certificate: bytes | None) -> None:
@@ -135,6 +136,5 @@ class ClientHandshake:
         if isinstance(message, wire.Refusal):
             raise Refused(message.code, message.reason)
         if isinstance(message, wire.CloseMessage):
-            raise ProtocolError(Close(message.code) if message.code in Close._value2member_map_ else Close.PROTOCOL,
-                                f"the gateway closed: {message.reason}")  # fmt: skip
+            raise ProtocolError(Close.of(message.code), f"the gateway closed: {message.reason}")
         raise ProtocolError(Close.UNEXPECTED, f"{type(message).__name__} in the handshake")

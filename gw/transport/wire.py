@@ -51,6 +51,11 @@ class Close(IntEnum):
     VERSION = 7  # no protocol version in common
     OVERLOAD = 8  # the peer does not read: its queue is full
 
+    @classmethod
+    def of(cls, code: int) -> Close:
+        """The code a peer sent; one this build does not know reads as PROTOCOL."""
+        return cls(code) if code in cls._value2member_map_ else cls.PROTOCOL
+
 
 class ProtocolError(Exception):
     """The peer sent something malformed; the session closes with ``code``."""
