@@ -7,11 +7,12 @@ import os
 import sys
 
 from gw import __version__
-from gw.errors import GwError
+from gw.errors import GwError, UsageError
 from journal.errors import JournalError
 
 EPILOG = """\
-commands still to come (see DESIGN.md): lab; serve does not reach the internet yet (issue 12).
+start here: gw lab (root) builds the whole VPN in throwaway network namespaces and shows it working.
+serve does not reach the internet yet (the external gateways are the next step).
 The journal tools are separate commands: gw-replay --help, gw-audit --help.
 """
 
@@ -54,8 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the gateway daemon",
         description=(
             "The gateway: accepts tunnels from the clients gateway.toml lists, routes between them,\n"
-            "answers ping on its VPN address, and journals every session and NAT event. Stops on\n"
-            "SIGTERM or Ctrl-C (GatewayStopped journaled). The way to the internet comes next."
+            "answers ping and DNS (a proxy to [dns] upstreams) on its VPN address, gives the host its own\n"
+            "port on the VPN (a TUN, [vpn] host_device), and journals every session and NAT event.\n"
+            "Stops on SIGTERM or Ctrl-C (GatewayStopped journaled, the TUN removed). Needs root (a TUN\n"
+            "device) unless host_device = \"\". The way to the internet comes next."
         ),
         epilog="example: gw serve -c /etc/gw/gateway.toml",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -72,6 +75,45 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     conn.add_argument("-c", "--config", required=True, metavar="FILE", help="client.toml")
+    status = sub.add_parser(
+        "status",
+        help="what the running daemon is doing: sessions, bytes, drops, NAT, journal lag",
+        description=(
+            "Asks the running gw serve through its status socket ([status] socket in gateway.toml,\n"
+            "mode 0600: run as the daemon's user) and prints tables, or the document as JSON."
+        ),
+        epilog="examples:\n  gw status -c /etc/gw/gateway.toml\n  gw status --socket /run/gw/gw.sock --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    where = status.add_mutually_exclusive_group(required=True)
+    where.add_argument("-c", "--config", metavar="FILE", help="gateway.toml (its [status] socket)")
+    where.add_argument("--socket", metavar="PATH", help="the status socket itself")
+    status.add_argument("--json", action="store_true", help="print the status document as JSON")
+    lab = sub.add_parser(
+        "lab",
+        help="the whole VPN in throwaway network namespaces: build, exercise, report, remove",
+        description=(
+            "Builds four network namespaces (the gateway, clients alice and bob, an 'internet' host\n"
+            "with a DNS server), runs the real gw serve and gw connect there as processes, and checks:\n"
+            "ping to the gateway and between clients, DNS through the gateway's proxy over UDP and TCP,\n"
+            "UDP and TCP between the clients, gw status. Prints what went through, then removes\n"
+            "everything it made (also on failure and Ctrl-C). No packet leaves the namespaces.\n"
+            "Needs root and /dev/net/tun. Exit status 0 when every check passed, 1 otherwise."
+        ),
+        epilog=(
+            "examples:\n"
+            "  sudo gw lab                      # build, check, report, remove\n"
+            "  sudo gw lab --keep --json        # leave it up; JSON names every namespace, device, pid\n"
+            "  sudo ip netns exec gwlab-lab-c1 ping 10.66.77.1   # look around a kept lab\n"
+            "  sudo gw lab --down               # remove the kept lab"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    lab.add_argument("--keep", action="store_true", help="leave the lab up afterwards (remove with --down)")
+    lab.add_argument("--json", action="store_true", help="print the report as JSON (progress stays on stderr)")
+    lab.add_argument("--down", action="store_true", help="remove a kept lab: its processes and namespaces")
+    lab.add_argument("--tag", default="lab", help="the lab's name, in its namespaces' names (default: lab)")
+    lab.add_argument("--no-offloads", action="store_true", help="run the clients without TUN offloads")
     keys = sub.add_parser(
         "keys",
         help="make and show identities (an Ed25519 key and a self-signed certificate)",
@@ -124,6 +166,17 @@ def _keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    from gw import config, status
+
+    path = args.socket or config.load(args.config).status.socket
+    doc = status.query(path)
+    print(json.dumps(doc, indent=1) if args.json else status.render(doc), end="\n" if args.json else "")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -139,6 +192,15 @@ def main(argv: list[str] | None = None) -> int:
             from gw.server import serve
 
             return serve(config.load(args.config))
+        if args.command == "status":
+            return _status(args)
+        if args.command == "lab":
+            from gw.lab import run_lab
+
+            if args.down and args.keep:
+                raise UsageError("--down removes a kept lab; it does not go with --keep")
+            return run_lab(keep=args.keep, as_json=args.json, down=args.down, tag=args.tag,
+                           offloads=not args.no_offloads)  # fmt: skip
         if args.command == "connect":
             from gw import config
             from gw.client import connect_main

@@ -102,6 +102,9 @@ class VpnConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     deny: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_DENY))
     icmp_errors_per_s: int = ICMP_ERRORS_PER_S
     icmp_error_burst: int = ICMP_ERROR_BURST
+    # the gateway host's own port on the VPN: a TUN holding gateway_address, so clients reach the host's
+    # services (ssh, DNS over TCP to the proxy) through its kernel; "" turns it off
+    host_device: str = "gw-host"
 
 
 class TunnelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -132,6 +135,41 @@ class JournalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     snapshot_every_s: int = 300  # bounds recovery time: a restart reads one snapshot and what came after
 
 
+# DNS proxy limits: a query waits DNS_TIMEOUT_S for an upstream, DNS_ATTEMPTS upstreams in turn, then the
+# client gets SERVFAIL (stub resolvers retry after 5 s: answer before they give up); queries in flight are
+# bounded in all and per client, so one client cannot hold the proxy's whole table
+DNS_TIMEOUT_S = 2.0
+DNS_ATTEMPTS = 2
+DNS_MAX_IN_FLIGHT = 1024
+DNS_MAX_IN_FLIGHT_PER_CLIENT = 64
+DNS_MAX_IN_FLIGHT_CAP = 16384  # gw.dnsproxy.MAX_IN_FLIGHT_CAP: random query IDs must stay hard to guess
+
+
+class DnsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The ``[dns]`` section: the proxy on the gateway's VPN address (UDP and TCP port 53)."""
+
+    # upstream resolvers, "ADDRESS[:PORT]"; empty: the nameservers of the gateway host's /etc/resolv.conf
+    upstreams: list[str] = msgspec.field(default_factory=list)
+    enabled: bool = True
+    timeout_s: float = DNS_TIMEOUT_S
+    attempts: int = DNS_ATTEMPTS
+    max_in_flight: int = DNS_MAX_IN_FLIGHT
+    max_in_flight_per_client: int = DNS_MAX_IN_FLIGHT_PER_CLIENT
+
+
+class StatusConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The ``[status]`` section: where ``gw status`` finds the daemon (a Unix socket, mode 0600)."""
+
+    socket: str = "/run/gw/gw.sock"
+
+
+class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The ``[metrics]`` section: a Prometheus endpoint, off unless ``listen`` is set."""
+
+    listen: str = ""  # "127.0.0.1:9108"; a non-loopback address must be asked for with public = true
+    public: bool = False
+
+
 class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A whole gateway.toml."""
 
@@ -140,6 +178,9 @@ class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tunnel: TunnelConfig = msgspec.field(default_factory=TunnelConfig)
     clients: list[ClientEntry] = msgspec.field(default_factory=list)
     journal: JournalConfig = msgspec.field(default_factory=JournalConfig)
+    dns: DnsConfig = msgspec.field(default_factory=DnsConfig)
+    status: StatusConfig = msgspec.field(default_factory=StatusConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
 
 
 # ------------------------------------------------------------------------------------------ client.toml
@@ -164,6 +205,9 @@ class ClientConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     identity: ClientIdentity
     device: str = "gw0"  # the TUN's name
     offloads: bool = True  # TUN offloads (TCP super-packets of 64 KB); false: one packet per MTU
+    # prefixes routed through the tunnel besides the VPN subnet; "0.0.0.0/0" sends everything (as two
+    # /1 routes, with a host route keeping the gateway's endpoint on its old path), all removed on exit
+    routes: list[str] = msgspec.field(default_factory=list)
 
 
 def fingerprint_hex(text: str) -> str | None:
@@ -197,6 +241,11 @@ def parse_client(text: str, source: str = "client.toml") -> ClientConfig:
         )
     if not c.device or len(c.device) > 15:
         _fail(source, "device", c.device, "an interface name of 1-15 characters, e.g. gw0")
+    for r in c.routes:
+        try:
+            inet.parse_prefix(r)
+        except ValueError as e:
+            _fail(source, "routes", r, f'{e} (write prefixes, e.g. ["0.0.0.0/0"] or ["203.0.113.0/24"])')
     return c
 
 
@@ -342,6 +391,7 @@ def check(config: GatewayConfig, source: str = "gateway.toml") -> None:
         except ValueError as e:
             fail("[vpn] deny", d, f'{e} (write a prefix, e.g. "169.254.0.0/16")')
     check_tunnel(config, net, length, gw_addr, source)
+    check_services(config, source)
     for a in nat.external_addresses:
         if inet.in_prefix(inet.aton(a), net, length):
             fail(
@@ -404,6 +454,54 @@ def check_tunnel(config: GatewayConfig, net: int, length: int, gw_addr: int, sou
             fixed.add(a)
         names.add(c.name)
         prints.add(fp)
+
+
+def parse_endpoint(text: str, default_port: int) -> tuple[str, int]:
+    """"ADDRESS[:PORT]" -> (address, port). Raises ValueError."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = text, str(default_port)
+    inet.aton(host)
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"port {port!r} is not 1-65535")
+    return host, int(port)
+
+
+def check_services(config: GatewayConfig, source: str = "gateway.toml") -> None:
+    """``[dns]``, ``[status]``, ``[metrics]`` and the host device. Raises ConfigError."""
+    dns, metrics, vpn = config.dns, config.metrics, config.vpn
+
+    def fail(key: str, value: object, why: str) -> None:
+        _fail(source, key, value, why)
+
+    if vpn.host_device and (len(vpn.host_device) > 15 or not all(c.isalnum() or c in "-_." for c in vpn.host_device)):
+        fail("[vpn] host_device", vpn.host_device, 'an interface name of 1-15 characters, or "" for none')
+    for u in dns.upstreams:
+        try:
+            parse_endpoint(u, 53)
+        except ValueError:
+            fail("[dns] upstreams", u, 'write "ADDRESS" or "ADDRESS:PORT", e.g. "192.0.2.53" or "192.0.2.53:5353"')
+    if not 0 < dns.timeout_s <= 30:
+        fail("[dns] timeout_s", dns.timeout_s, "use more than 0 and at most 30 s (stub resolvers give up at 5)")
+    if not 1 <= dns.attempts <= 5:
+        fail("[dns] attempts", dns.attempts, "use 1-5 (each waits timeout_s)")
+    if not 1 <= dns.max_in_flight <= DNS_MAX_IN_FLIGHT_CAP:
+        fail("[dns] max_in_flight", dns.max_in_flight, f"use 1-{DNS_MAX_IN_FLIGHT_CAP}")
+    if not 1 <= dns.max_in_flight_per_client <= dns.max_in_flight:
+        fail("[dns] max_in_flight_per_client", dns.max_in_flight_per_client,
+             f"must be 1 to max_in_flight ({dns.max_in_flight})")  # fmt: skip
+    if not config.status.socket.startswith("/"):
+        fail("[status] socket", config.status.socket, 'an absolute path, e.g. "/run/gw/gw.sock"')
+    if metrics.listen:
+        try:
+            host, _ = parse_endpoint(metrics.listen, 0)
+            if not metrics.listen.rpartition(":")[1]:
+                raise ValueError("no port")
+        except ValueError:
+            fail("[metrics] listen", metrics.listen, 'write "ADDRESS:PORT", e.g. "127.0.0.1:9108"')
+        if not host.startswith("127.") and not metrics.public:
+            fail("[metrics] listen", metrics.listen,
+                 "the metrics reveal clients and traffic: bind a loopback address, or set public = true")  # fmt: skip
 
 
 def check_nat(nat: NatConfig, source: str = "gateway.toml") -> None:

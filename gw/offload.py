@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from gw import packet as P
+from gw import vnet as V
 from gw.verdict import Verdict
 
 _CSUM_AT = {P.PROTO_TCP: 16, P.PROTO_UDP: 6}  # the checksum's offset in the TCP and UDP headers
@@ -60,3 +61,58 @@ def finish_checksum(pkt: bytearray, csum_start: int, csum_offset: int) -> None:
     """What the kernel does with a ``NEEDS_CSUM`` packet: the sum from ``csum_start``, stored inverted."""
     s = P.checksum(pkt, csum_start, P.get_u16(pkt, P.IP_TOTAL_LEN)[0])
     P.put_u16(pkt, csum_start + csum_offset, s)
+
+
+def segment(pkt: bytes | bytearray | memoryview) -> list[bytearray] | None:
+    """A packet with its vnet header, as the plain, fully checksummed IPv4 packets a peer without
+    offloads can take: a TCP or UDP super-packet cut at ``gso_size`` as the kernel's software GSO
+    does (Linux ``tcp_gso_segment``, ``__udp_gso_segment``), anything else with its checksum finished.
+    None when the header or the packet is malformed, or its GSO type is not IPv4 TCP/UDP."""
+    if len(pkt) < V.VNET_HDR_LEN + 20:
+        return None
+    flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = V.read_header(pkt)
+    ip = bytearray(pkt[V.VNET_HDR_LEN :])
+    ihl, total = (ip[0] & 15) * 4, P.get_u16(ip, P.IP_TOTAL_LEN)[0]
+    if ip[0] >> 4 != 4 or ihl < 20 or not ihl <= total <= len(ip):
+        return None
+    del ip[total:]
+    kind = gso_type & ~V.VNET_GSO_ECN
+    if kind == V.VNET_GSO_NONE:
+        if flags & V.VNET_F_NEEDS_CSUM:
+            if csum_start + csum_offset + 2 > total:
+                return None
+            finish_checksum(ip, csum_start, csum_offset)
+        return [ip]
+    proto = ip[P.IP_PROTO]
+    if kind == V.VNET_GSO_TCPV4 and proto == P.PROTO_TCP and total >= ihl + 20:
+        head_len = ihl + (ip[ihl + 12] >> 4) * 4
+    elif kind == V.VNET_GSO_UDP_L4 and proto == P.PROTO_UDP and total >= ihl + 8:
+        head_len = ihl + 8
+    else:
+        return None
+    if not gso_size or head_len > total:
+        return None
+    head, payload = ip[:head_len], memoryview(ip)[head_len:]
+    ident, seq, tcp_flags = P.get_u16(ip, P.IP_ID)[0], 0, 0
+    if proto == P.PROTO_TCP:
+        seq, tcp_flags = P.get_u32(ip, ihl + 4)[0], ip[ihl + 13]
+    out = []
+    for i, start in enumerate(range(0, len(payload), gso_size)):
+        seg = head + payload[start : start + gso_size]
+        last = start + gso_size >= len(payload)
+        P.put_u16(seg, P.IP_TOTAL_LEN, len(seg))
+        P.put_u16(seg, P.IP_ID, (ident + i) & 0xFFFF)
+        P.put_u16(seg, P.IP_CSUM, 0)
+        P.put_u16(seg, P.IP_CSUM, P.checksum(seg, 0, ihl))
+        if proto == P.PROTO_TCP:
+            P.put_u32(seg, ihl + 4, (seq + start) & 0xFFFFFFFF)
+            # FIN and PSH belong to the last segment, CWR to the first (Linux tcp_gso_segment)
+            seg[ihl + 13] = tcp_flags & ~(0 if last else 0x09) & ~(0 if i == 0 else 0x80)
+            P.put_u16(seg, ihl + 16, 0)
+            P.put_u16(seg, ihl + 16, P.l4_checksum(seg, ihl))
+        else:
+            P.put_u16(seg, ihl + 4, len(seg) - ihl)
+            P.put_u16(seg, ihl + 6, 0)
+            P.put_u16(seg, ihl + 6, P.l4_checksum(seg, ihl) or 0xFFFF)
+        out.append(seg)
+    return out

@@ -6,13 +6,24 @@ One event loop (uvloop when installed) moves bytes; the cores decide. At start t
 recovered (``journal.recovery``) and the NAT restored lazily, so flows that were alive before a crash
 go on within milliseconds; ``GatewayStarted`` is journaled and the journal writer runs in its own
 thread. Tunnels are accepted by ``gw.transport.endpoint``; ``gw.sessions`` decides each one and
-journals the decision. A batch of packets from a session goes, packet by packet, through the router:
-to another session (forwarded as it came, vnet header and all, so a super-packet stays whole), to the
-gateway itself (ICMP echo of its VPN address answered here), or to the NAT. The way from the NAT to
-the internet is the external gateway, the next step (issue 12): until it exists, packets for the
-internet are translated, journaled and counted as ``no_external``, not sent. A timer runs ``expire``
-within its budget, drains the NAT's events to the writer and takes a snapshot every
-``[journal] snapshot_every_s``. SIGTERM or SIGINT: sessions closed, ``GatewayStopped`` journaled.
+journals the decision.
+
+A batch of packets from a session goes, packet by packet, through the router:
+
+- to another session, forwarded as it came (vnet header and all, so a super-packet stays whole; cut
+  into plain packets by ``gw.offload.segment`` for a session without offloads);
+- to the gateway's VPN address: ICMP echo is answered here, UDP to port 53 goes to the DNS proxy
+  (``gw.dns_endpoint``), everything else to the host's own TUN (``[vpn] host_device``), where the
+  host's kernel answers it as for any interface: ssh, and DNS over TCP, which the proxy takes on a
+  kernel socket bound to the gateway address;
+- to the NAT. The way from the NAT to the internet is the external gateway, the next step (issue 12):
+  until it exists, packets for the internet are translated, journaled and counted as
+  ``no_external``, not sent.
+
+What the host's kernel sends into its TUN goes to the session holding the destination. A timer runs
+``expire`` within its budget, drains the NAT's events to the writer, takes a snapshot every
+``[journal] snapshot_every_s`` and publishes the status document (``gw.status``). SIGTERM or SIGINT:
+sessions closed, ``GatewayStopped`` journaled, the TUN removed.
 """
 
 from __future__ import annotations
@@ -27,20 +38,25 @@ from gw import __version__, inet
 from gw import packet as P
 from gw import vnet as V
 from gw.config import GatewayConfig
+from gw.dns_endpoint import DnsEndpoint, resolv_conf_upstreams
 from gw.identity import load_identity
 from gw.nat import Nat
-from gw.offload import finish_checksum, translate_partial
+from gw.offload import segment, translate_partial
 from gw.router import Router
 from gw.sessions import SessionDirectory
+from gw.status import Metrics, StatusServer
 from gw.transport import wire
 from gw.transport.endpoint import GatewayConnection, TunnelServer
-from gw.verdict import Route
+from gw.tun import TunDevice, TunError
+from gw.verdict import Route, name
 from journal import recovery
 from journal.events import GatewayStarted, GatewayStopped
 from journal.writer import JournalWriter
 
 log = logging.getLogger("gw.server")
 TICK_S = 0.05  # the timer's period: expire within its budget, drain events, keepalives are their own
+STATUS_EVERY_S = 1.0  # how often the metrics endpoint's document is refreshed
+HOST_BATCH = 64  # packets read from the host TUN per readiness callback
 
 
 class Gateway:
@@ -49,10 +65,24 @@ class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self.identity = load_identity(config.tunnel.certificate, config.tunnel.key)
-        self.counts = {"no_external": 0, "gso_to_plain": 0, "echo_replies": 0}
+        self.counts = {
+            "no_external": 0,  # translated for the internet, not sent: no external gateway yet
+            "segmented": 0,  # super-packets cut for a session without offloads
+            "unsegmentable": 0,  # super-packets no session without offloads could take (malformed)
+            "echo_replies": 0,  # ICMP echo of the gateway address answered
+            "to_host": 0,  # packets written to the host's TUN
+            "from_host": 0,  # packets the host's kernel sent to clients
+            "host_dropped": 0,  # for the host, but no host TUN (or its queue was full)
+            "from_host_no_route": 0,  # from the host to a VPN address nobody holds
+        }
         self.nat: Nat | None = None
         self.port = 0
         self.sessions: set[GatewayConnection] = set()
+        self.host_tun: TunDevice | None = None
+        self.dns: DnsEndpoint | None = None
+        self.metrics: Metrics | None = None
+        self.started = time.time()
+        self.journal_error = ""
 
     def _now(self) -> int:
         return time.monotonic_ns()
@@ -67,19 +97,35 @@ class Gateway:
                                      lazy=True)  # fmt: skip
         if rec.last_seq:
             nat.resume(now, rec.down_since_ns or now + wall_offset)
+        self.router = Router(cfg.vpn)
+        self._gateway_addr = inet.aton(cfg.vpn.gateway_address)
+        self._open_host_tun()
         writer = self.writer = JournalWriter(
             cfg.journal.directory, fsync=cfg.journal.fsync, on_error=self._journal_error
         )
         writer.start()
         nat.record_event(GatewayStarted, now, version=__version__, ext_addrs=list(nat.ext_addrs),
                          recovered=rec.last_seq > 0, unclean=rec.last_seq > 0 and not rec.clean)  # fmt: skip
-        self.router = Router(cfg.vpn)
-        self.directory = SessionDirectory(cfg, nat)
-        self._gateway_addr = inet.aton(cfg.vpn.gateway_address)
-        server = TunnelServer(self.identity, self._authorize, self._opened, self._closed)
+        upstreams = cfg.dns.upstreams or resolv_conf_upstreams()
+        dns_addrs = []
+        if cfg.dns.enabled and upstreams:
+            self.dns = DnsEndpoint(cfg, upstreams, self._dns_reply)
+            await self.dns.start(tcp=self.host_tun is not None)
+            dns_addrs = [cfg.vpn.gateway_address]
+        elif cfg.dns.enabled:
+            log.warning("DNS proxy off: [dns] upstreams is empty and /etc/resolv.conf names no nameserver")
+        self.directory = SessionDirectory(cfg, nat, dns=dns_addrs)
+        server = self.tunnel = TunnelServer(self.identity, self._authorize, self._opened, self._closed)
         host, _, port = cfg.tunnel.listen.rpartition(":")
         self.port = await server.start(host, int(port))
-        log.info("gw %s listening on %s:%d (journal %s)", __version__, host, self.port, cfg.journal.directory)
+        status = StatusServer(cfg.status.socket, self.status)
+        await status.start()
+        if cfg.metrics.listen:
+            self.metrics = Metrics(cfg.metrics.listen)
+            self.metrics.publish(self.status())
+            self.metrics.start()
+        log.info("gw %s listening on %s:%d (journal %s, status %s)", __version__, host, self.port,
+                 cfg.journal.directory, cfg.status.socket)  # fmt: skip
         if ready is not None:
             ready.set_result(self.port)
         timer = asyncio.create_task(self._timer(stop))
@@ -88,16 +134,61 @@ class Gateway:
         finally:
             timer.cancel()
             await server.stop()
+            await status.stop()
             for conn in list(self.sessions):
                 conn.close(wire.Close.SHUTDOWN, "gateway stopping")
             for _ in range(20):  # their SessionClosed before GatewayStopped
                 if not self.sessions:
                     break
                 await asyncio.sleep(0.05)
+            if self.dns is not None:
+                self.dns.stop()
+            self._close_host_tun()
             nat.record_event(GatewayStopped, self._now(), reason="shutdown")
             self._drain()
             writer.close()
             gc.enable()
+
+    # -- the host's TUN
+    def _open_host_tun(self) -> None:
+        cfg = self.config
+        if not cfg.vpn.host_device:
+            return
+        try:
+            tun = TunDevice.open(cfg.vpn.host_device)
+            tun.configure(cfg.vpn.gateway_address, self.router.prefix_len, cfg.tunnel.mtu)
+        except TunError as e:
+            raise TunError(f"{e} ([vpn] host_device; set it to \"\" to run without the host's port)") from None
+        self.host_tun = tun
+        asyncio.get_running_loop().add_reader(tun.fileno(), self._from_host)
+
+    def _close_host_tun(self) -> None:
+        if self.host_tun is not None:
+            asyncio.get_running_loop().remove_reader(self.host_tun.fileno())
+            self.host_tun.close()
+            self.host_tun = None
+
+    def _from_host(self) -> None:
+        """Packets the host's kernel sends to VPN addresses (answers of its services): to their session."""
+        out: dict[GatewayConnection, list] = {}
+        for pkt in self.host_tun.read_batch(HOST_BATCH):
+            verdict, dest = self.router.route_to_client(pkt[V.VNET_HDR_LEN :])
+            if verdict != Route.CLIENT:
+                self.counts["from_host_no_route"] += 1
+                continue
+            self.counts["from_host"] += 1
+            self._queue(out, dest, pkt, True)
+        self._send(out)
+
+    def _to_host(self, pkt: memoryview, vnet: bool) -> None:
+        if self.host_tun is None:
+            self.counts["host_dropped"] += 1
+            return
+        try:
+            self.host_tun.write(pkt if vnet else V.NO_OFFLOAD + bytes(pkt))
+            self.counts["to_host"] += 1
+        except (BlockingIOError, TunError):
+            self.counts["host_dropped"] += 1  # a full queue, or a packet the kernel refused
 
     # -- sessions
     def _authorize(self, proof, peer) -> wire.Welcome | wire.Refusal:
@@ -111,6 +202,8 @@ class Gateway:
         if old is not None and old is not conn:
             old.close(wire.Close.SHUTDOWN, "replaced by a newer session")
         conn.vpn_int = addr
+        conn.client_name = self.directory.name_of(conn.proof.fingerprint)
+        conn.opened_at = time.time()
         self.sessions.add(conn)
         self.router.attach(addr, conn)
         conn.on_packets = lambda packets, vnet, conn=conn: self._from_client(conn, packets, vnet)
@@ -132,59 +225,92 @@ class Gateway:
         out: dict[GatewayConnection, list] = {}
         now = self._now()
         hdr = V.VNET_HDR_LEN if vnet else 0
+        route = self.router.route_from_client
         for pkt in packets:
             ip = pkt[hdr:]
-            verdict, dest = self.router.route_from_client(ip, conn.vpn_int)
+            verdict, dest = route(ip, conn.vpn_int)
             if verdict == Route.CLIENT:
-                if dest.vnet == vnet:
-                    out.setdefault(dest, []).append(pkt)
-                else:
-                    converted = _convert(pkt, vnet)
-                    if converted is None:
-                        self.counts["gso_to_plain"] += 1
-                    else:
-                        out.setdefault(dest, []).append(converted)
+                self._queue(out, dest, pkt, vnet)
             elif verdict == Route.LOCAL:
-                reply = self._local(ip)
-                if reply is not None:
-                    out.setdefault(conn, []).append(V.NO_OFFLOAD + reply if conn.vnet else reply)
+                self._local(conn, pkt, ip, vnet, now, out)
             elif verdict == Route.NAT:
                 partial = vnet and V.read_header(pkt)[0] & V.VNET_F_NEEDS_CSUM
                 nat_verdict = (translate_partial(self.nat.translate_outbound, ip, now) if partial
                                else self.nat.translate_outbound(ip, now))  # fmt: skip
                 if nat_verdict == 0:
                     self.counts["no_external"] += 1  # the external gateway is the next step (issue 12)
+        self._send(out)
+
+    def _queue(self, out: dict, dest: GatewayConnection, pkt: memoryview | bytes, vnet: bool) -> None:
+        """Queue a packet for a session, converted to its offload setting."""
+        if dest.vnet == vnet:
+            out.setdefault(dest, []).append(pkt)
+        elif dest.vnet:
+            out.setdefault(dest, []).append(V.NO_OFFLOAD + bytes(pkt))
+        else:
+            plain = segment(pkt)
+            if plain is None:
+                self.counts["unsegmentable"] += 1
+                return
+            if len(plain) > 1:
+                self.counts["segmented"] += 1
+            out.setdefault(dest, []).extend(plain)
+
+    @staticmethod
+    def _send(out: dict) -> None:
         for dest, batch in out.items():
             for i in range(0, len(batch), wire.MAX_PACKETS_PER_FRAME):
                 dest.send_packets(batch[i : i + wire.MAX_PACKETS_PER_FRAME], dest.vnet)
 
-    def _local(self, ip: memoryview) -> bytearray | None:
-        """The gateway's own address: ICMP echo answered; the DNS proxy comes with its own step."""
-        if len(ip) < 28 or ip[P.IP_PROTO] != P.PROTO_ICMP:
-            return None
+    def _local(self, conn: GatewayConnection, pkt: memoryview, ip: memoryview, vnet: bool, now: int,
+               out: dict) -> None:  # fmt: skip
+        """The gateway's own address: ICMP echo answered, UDP DNS to the proxy, the rest to the host."""
+        proto = ip[P.IP_PROTO]
         l4 = (ip[0] & 15) * 4
         total = P.get_u16(ip, P.IP_TOTAL_LEN)[0]
-        if ip[l4] != P.ICMP_ECHO_REQUEST or total < l4 + 8 or total > len(ip):
-            return None
-        ident, seq = P.get_2u16(ip, l4 + 4)
-        self.counts["echo_replies"] += 1
-        src = P.get_u32(ip, P.IP_SRC)[0]
-        return P.build_icmp_echo(self._gateway_addr, src, ident, seq, bytes(ip[l4 + 8 : total]), reply=True)
+        fragment = P.get_u16(ip, P.IP_FRAG)[0] & P.IP_FRAG_MASK
+        if proto == P.PROTO_ICMP and not fragment and total >= l4 + 8 and ip[l4] == P.ICMP_ECHO_REQUEST:
+            ident, seq = P.get_2u16(ip, l4 + 4)
+            self.counts["echo_replies"] += 1
+            src = P.get_u32(ip, P.IP_SRC)[0]
+            reply = P.build_icmp_echo(self._gateway_addr, src, ident, seq, bytes(ip[l4 + 8 : total]), reply=True)
+            self._queue(out, conn, reply, False)
+            return
+        if (proto == P.PROTO_UDP and self.dns is not None and not fragment and total >= l4 + 8
+                and P.get_u16(ip, l4 + P.UDP_DPORT)[0] == 53):  # fmt: skip
+            src, sport = P.get_u32(ip, P.IP_SRC)[0], P.get_u16(ip, l4)[0]
+            self.dns.query_udp(src, sport, ip[l4 + 8 : total], now)
+            return
+        self._to_host(pkt, vnet)
+
+    def _dns_reply(self, client: int, port: int, payload: bytes) -> None:
+        """A DNS answer for a client's UDP query: a datagram from the gateway's port 53, fragmented to
+        the tunnel MTU if the answer is larger (EDNS answers may be)."""
+        conn = self.router.session_for(client)
+        if conn is None:
+            return
+        pkt = P.build_udp(self._gateway_addr, client, 53, port, payload)
+        mtu = self.config.tunnel.mtu
+        packets = [pkt] if len(pkt) <= mtu else P.fragment(pkt, mtu)
+        conn.send_packets([V.NO_OFFLOAD + bytes(p) for p in packets] if conn.vnet else packets, conn.vnet)
 
     # -- time
     async def _timer(self, stop: asyncio.Event) -> None:
-        last_snapshot = time.monotonic()
+        last_snapshot = last_status = time.monotonic()
         while not stop.is_set():
             await asyncio.sleep(TICK_S)
             now = self._now()
             self.nat.expire(now)
+            if self.dns is not None:
+                self.dns.tick(now)
             self._drain()
-            if (
-                not self.nat.restoring
-                and time.monotonic() - last_snapshot >= self.config.journal.snapshot_every_s
-            ):
+            mono = time.monotonic()
+            if not self.nat.restoring and mono - last_snapshot >= self.config.journal.snapshot_every_s:
                 self.writer.submit_snapshot(self.nat.snapshot_view(now))
-                last_snapshot = time.monotonic()
+                last_snapshot = mono
+            if self.metrics is not None and mono - last_status >= STATUS_EVERY_S:
+                self.metrics.publish(self.status())
+                last_status = mono
             if not self.nat.restoring and not gc.isenabled():
                 gc.enable()
 
@@ -195,33 +321,48 @@ class Gateway:
             self.writer.submit(events)
 
     def _journal_error(self, exc: Exception) -> None:
+        self.journal_error = str(exc)
         log.error("journal: %s", exc)
 
-
-def _convert(pkt: memoryview, vnet: bool) -> bytes | bytearray | None:
-    """A packet between a session with offloads and one without: the vnet header added, or taken off
-    with the checksum finished. None for a super-packet to a session without offloads: segmenting it
-    in user space is not done (yet); such a pair of clients should both run with offloads."""
-    if not vnet:
-        return V.NO_OFFLOAD + bytes(pkt)
-    flags, gso_type, _hdr_len, _gso_size, csum_start, csum_offset = V.read_header(pkt)
-    if gso_type & ~V.VNET_GSO_ECN != V.VNET_GSO_NONE:
-        return None
-    ip = bytearray(pkt[V.VNET_HDR_LEN :])
-    if flags & V.VNET_F_NEEDS_CSUM and len(ip) >= 20:
-        finish_checksum(ip, csum_start, csum_offset)
-    return ip
+    # -- status
+    def status(self) -> dict:
+        """The status document ``gw status`` and the metrics show (plain data, see ``gw.status``)."""
+        cfg, nat, now = self.config, self.nat, time.time()
+        drops: dict[str, int] = {}
+        for counts in (self.router.counts, nat.drops):
+            for verdict, count in enumerate(counts):
+                if count and verdict < Route.NAT:
+                    drops[name(verdict)] = drops.get(name(verdict), 0) + count
+        sessions = [
+            {"client": c.client_name, "vpn_addr": c.welcome.vpn_addr, "session": c.welcome.session,
+             "peer": f"{c.peer[0]}:{c.peer[1]}", "up_s": round(now - c.opened_at, 1), "offloads": c.vnet,
+             "packets_in": c.packets_in, "bytes_in": c.bytes_in, "packets_out": c.packets_out,
+             "bytes_out": c.bytes_out, "dropped": c.dropped}
+            for c in sorted(self.sessions, key=lambda c: c.vpn_int)
+        ]  # fmt: skip
+        writer = self.writer
+        last_seq = nat.next_seq - 1
+        return {
+            "gateway": {"version": __version__, "uptime_s": round(now - self.started, 1),
+                        "listen": f"{cfg.tunnel.listen.rpartition(':')[0]}:{self.port}",
+                        "subnet": cfg.vpn.subnet, "address": cfg.vpn.gateway_address,
+                        "host_device": self.host_tun.name if self.host_tun else ""},  # fmt: skip
+            "sessions": sessions,
+            "tunnel": {"handshaking": self.tunnel.handshaking, "refused_at_accept": self.tunnel.refused_at_accept},
+            "nat": {"mappings": len(nat), "restoring": nat.restoring},
+            "drops": drops,
+            "routes": {name(r): self.router.counts[r] for r in Route},
+            "counts": dict(self.counts),
+            "dns": self.dns.status() if self.dns is not None else {"enabled": False},
+            "journal": {"directory": cfg.journal.directory, "last_seq": last_seq,
+                        "durable_seq": writer.durable_seq, "lag_events": max(0, last_seq - writer.durable_seq),
+                        "error": self.journal_error if not writer.alive or writer.backlogged else ""},  # fmt: skip
+        }
 
 
 def serve(config: GatewayConfig) -> int:
     """``gw serve``: run until SIGTERM or SIGINT; 0 after a clean stop."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s gw: %(message)s")
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -230,5 +371,10 @@ def serve(config: GatewayConfig) -> int:
             loop.add_signal_handler(sig, stop.set)
         await Gateway(config).run(stop)
 
-    runner(main())
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
     return 0

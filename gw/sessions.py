@@ -42,6 +42,11 @@ class SessionDirectory:
         opened = nat.sessions.opened
         self._last_session = max(opened, default=0)
 
+    def name_of(self, fingerprint: str) -> str:
+        """The ``[[clients]]`` name of a fingerprint ("?" if it is not listed)."""
+        entry = self._by_fingerprint.get(fingerprint)
+        return entry.name if entry is not None else "?"
+
     def authorize(self, fingerprint: str, remote: tuple[str, int], now: int) -> wire.Welcome | wire.Refusal:
         """A Welcome (and ``SessionOpened``) or a Refusal (and ``SessionRefused``) for a proven client."""
         entry = self._by_fingerprint.get(fingerprint)

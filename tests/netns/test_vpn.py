@@ -100,6 +100,10 @@ dead_after_s = 5
 [journal]
 directory = "{self.journal}"
 fsync = "always"
+[dns]
+enabled = false
+[status]
+socket = "{tmp / "gw.sock"}"
 [[clients]]
 name = "alice"
 fingerprint = "{self.ids["alice"].fingerprint}"

@@ -27,6 +27,7 @@ CORES = [
     "gw/transport/wire.py",
     "gw/sessions.py",
     "gw/offload.py",
+    "gw/dnsproxy.py",
     "journal/events.py",
 ]
 # I/O, event loops, threads, clocks, logging (the shell's job). subprocess and datetime for the same reasons.
