@@ -68,7 +68,16 @@ async def run_client(config: ClientConfig, stop: asyncio.Event) -> int:
                     except BlockingIOError:
                         pass  # the kernel's queue is full: dropped, as a link would
 
+            def writable(ok: bool, tun: TunDevice = tun, from_tun=from_tun) -> None:
+                # back-pressure: while the tunnel cannot take more, leave packets in the TUN's queue
+                # (the kernel's TCP then sees a full device queue, not losses we would make here)
+                if ok:
+                    loop.add_reader(tun.fileno(), from_tun)
+                else:
+                    loop.remove_reader(tun.fileno())
+
             conn.on_packets = to_tun
+            conn.on_writable = writable
             loop.add_reader(tun.fileno(), from_tun)
             try:
                 done, _ = await asyncio.wait(

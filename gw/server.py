@@ -259,8 +259,7 @@ class Gateway:
     @staticmethod
     def _send(out: dict) -> None:
         for dest, batch in out.items():
-            for i in range(0, len(batch), wire.MAX_PACKETS_PER_FRAME):
-                dest.send_packets(batch[i : i + wire.MAX_PACKETS_PER_FRAME], dest.vnet)
+            dest.send_packets(batch, dest.vnet)
 
     def _local(self, conn: GatewayConnection, pkt: memoryview, ip: memoryview, vnet: bool, now: int,
                out: dict) -> None:  # fmt: skip

@@ -218,9 +218,13 @@ class LabWorld:
 
     def spawn(self, role: str, name: str, *python_args: str) -> dict:
         """Start ``python ARGS`` in namespace ``role``, its output in ``<dir>/<name>.log``; returns its record."""
+        return self.spawn_command(role, name, sys.executable, *python_args)
+
+    def spawn_command(self, role: str, name: str, *command: str, env: dict[str, str] | None = None) -> dict:
+        """Start ``command`` in namespace ``role`` (see ``spawn``), with ``env`` added to the environment."""
         log = self.dir / f"{name}.log"
-        argv = ["ip", "netns", "exec", self.ns[role], sys.executable, *python_args]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        argv = ["ip", "netns", "exec", self.ns[role], *command]
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         with open(log, "ab") as out:
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, env=env)  # fmt: skip

@@ -5,7 +5,7 @@ Theory of operation
 Both ends are ``asyncio.BufferedProtocol``s: TLS decrypts straight into the session's ``FrameReader``
 buffer, and the frames are handled in ``buffer_updated`` before the next read, so packets are handed
 to ``on_packets`` as views of that buffer (valid during the call). A batch is sent as one contiguous
-frame (``wire.encode_packets``), written once: uvloop's TLS ``writelines`` would seal each element as
+buffer of frames (``wire.encode_packets``), written once: uvloop's TLS ``writelines`` would seal each element as
 its own record.
 
 The gateway bounds what a stranger can cost it: the TLS handshake and the tunnel handshake each have a
@@ -33,6 +33,10 @@ TLS_HANDSHAKE_TIMEOUT_S = 10.0
 HANDSHAKE_TIMEOUT_S = 10.0
 MAX_HANDSHAKES = 256
 MAX_BUFFERED = 4 << 20  # bytes queued towards one peer before its packets are dropped
+# the client pauses reading its TUN above this (pause_writing) and never drops: a TUN batch of 64
+# super-packets is 4 MiB, so its cap leaves room for a batch read just before the pause
+WRITE_HIGH_WATER = 1 << 20
+CLIENT_MAX_BUFFERED = 4 * MAX_BUFFERED
 
 
 @dataclass(frozen=True)
@@ -76,10 +80,12 @@ class _Stream(asyncio.BufferedProtocol):
         self._last_rx = self._last_tx = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
         self.max_buffered = MAX_BUFFERED
+        self.writing_paused = False
 
     # -- asyncio
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)  # type: ignore[attr-defined]
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.reader.get_buffer(sizehint)
@@ -107,6 +113,18 @@ class _Stream(asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool:
         return False
+
+    def pause_writing(self) -> None:
+        """The transport's buffer passed its high-water mark: the feeder should stop (``on_writable``)."""
+        self.writing_paused = True
+        self.on_writable(False)
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self.on_writable(True)
+
+    def on_writable(self, writable: bool) -> None:  # overridden by the client: pause reading its TUN
+        pass
 
     # -- frames
     def _grow(self) -> bool:
@@ -146,10 +164,10 @@ class _Stream(asyncio.BufferedProtocol):
         if self.transport.get_write_buffer_size() > self.max_buffered:
             self.dropped += len(packets)
             return False
-        frame = wire.encode_packets(packets, vnet)
-        self.transport.write(frame)
+        frames = wire.encode_packets(packets, vnet)
+        self.transport.write(frames)
         self.packets_out += len(packets)
-        self.bytes_out += len(frame) - wire.HEADER_LEN
+        self.bytes_out += len(frames)
         self._last_tx = time.monotonic()
         return True
 
@@ -294,6 +312,7 @@ class ClientConnection(_Stream):
     def __init__(self, me: Identity, gateway_fingerprint: str, offloads: bool = True) -> None:
         super().__init__()
         self._handshake = ClientHandshake(me, gateway_fingerprint, ("vnet",) if offloads else ())
+        self.max_buffered = CLIENT_MAX_BUFFERED
         self.ready = asyncio.get_running_loop().create_future()
         self.closed.add_done_callback(self._closed_early)
 

@@ -144,24 +144,36 @@ def keepalive() -> bytes:
 
 
 def encode_packets(packets: list, vnet: bool = False) -> bytearray:
-    """One ``PACKETS`` frame holding ``packets`` (bytes-like; each with its vnet header when ``vnet``),
-    as one contiguous buffer: the TLS layer then seals it in as few records as it can."""
-    if not packets or len(packets) > MAX_PACKETS_PER_FRAME:
-        raise ValueError(f"a frame holds 1-{MAX_PACKETS_PER_FRAME} packets, not {len(packets)}")
-    size = sum(len(p) for p in packets) + 4 * len(packets)
-    if size > MAX_PAYLOAD:
-        raise ValueError(f"{size} bytes of packets exceed a frame's {MAX_PAYLOAD}")
-    out = bytearray(HEADER_LEN + size)
-    HEADER.pack_into(out, 0, PACKETS, VNET if vnet else 0, len(packets), size)
-    at = HEADER_LEN
-    pack_len = _LEN.pack_into
-    for p in packets:
+    """``PACKETS`` frames holding ``packets`` (bytes-like; each with its vnet header when ``vnet``), as
+    many as the limits need (MAX_PAYLOAD bytes, MAX_PACKETS_PER_FRAME packets each), in one contiguous
+    buffer: the TLS layer then seals the whole batch in as few records as it can, with one write.
+
+    Raises: ValueError for no packets, or a packet over MAX_PACKET."""
+    if not packets:
+        raise ValueError("no packets to frame")
+    cuts = []  # (first index, end index, payload size) per frame
+    first, size = 0, 0
+    for i, p in enumerate(packets):
         n = len(p)
         if n > MAX_PACKET:
             raise ValueError(f"a packet of {n} bytes exceeds {MAX_PACKET}")
-        pack_len(out, at, n)
-        out[at + 4 : at + 4 + n] = p
-        at += 4 + n
+        if size + 4 + n > MAX_PAYLOAD or i - first == MAX_PACKETS_PER_FRAME:
+            cuts.append((first, i, size))
+            first, size = i, 0
+        size += 4 + n
+    cuts.append((first, len(packets), size))
+    out = bytearray(HEADER_LEN * len(cuts) + sum(c[2] for c in cuts))
+    flags = VNET if vnet else 0
+    pack_len, pack_header = _LEN.pack_into, HEADER.pack_into
+    at = 0
+    for first, end, size in cuts:
+        pack_header(out, at, PACKETS, flags, end - first, size)
+        at += HEADER_LEN
+        for p in packets[first:end]:
+            n = len(p)
+            pack_len(out, at, n)
+            out[at + 4 : at + 4 + n] = p
+            at += 4 + n
     return out
 
 

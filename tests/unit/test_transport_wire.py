@@ -130,3 +130,18 @@ def test_bad_control_messages_are_protocol_errors():
     with pytest.raises(ProtocolError) as e:
         wire.decode_message(wire.PACKETS, memoryview(b""))
     assert e.value.code == Close.UNEXPECTED
+
+
+def test_a_batch_over_one_frames_limits_is_cut_into_frames_that_each_fit_and_carry_it_in_order():
+    """64 super-packets (4 MiB, what one TUN read can bring) and 3000 small packets: several frames,
+    each within MAX_PAYLOAD and MAX_PACKETS_PER_FRAME, whose packets are the batch in order."""
+    for batch in ([bytes([i]) * (wire.MAX_PACKET - i) for i in range(64)], [b"%040d" % i for i in range(3000)]):
+        data = bytes(wire.encode_packets(batch, vnet=True))
+        reader, got, frames = FrameReader(), [], 0
+        for at in range(0, len(data), 1 << 16):  # frames are views: copy them before the next feed
+            for ftype, flags, count, payload in reader.feed(data[at : at + (1 << 16)]):
+                assert ftype == wire.PACKETS and flags == wire.VNET
+                assert len(payload) <= wire.MAX_PAYLOAD and count <= wire.MAX_PACKETS_PER_FRAME
+                got += [bytes(p) for p in wire.split_packets(payload, count, True)]
+                frames += 1
+        assert got == batch and frames > 1
