@@ -8,6 +8,10 @@ welcome says how to set up the TUN (address, prefix, MTU). The TUN is opened wit
 64 KB is read, sent and written whole. Only the VPN subnet is routed through the tunnel (the route the
 kernel adds with the TUN's address); nothing else on the host changes. When the tunnel ends, the client
 reconnects after 1 s, doubling to 30 s; the TUN is removed on exit.
+
+``routes`` in client.toml adds prefixes through the tunnel (``gw.routes``); ``0.0.0.0/0`` sends everything
+and keeps the gateway's endpoint on the path it had. They are added once the first tunnel is up and
+removed on exit, so a reconnect never finds the host without a way to the gateway.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import signal
 
 from gw.config import ClientConfig
 from gw.identity import load_identity
+from gw.routes import RouteSet
 from gw.transport.endpoint import connect
 from gw.transport.handshake import PinMismatch, Refused
 from gw.transport.wire import Close
@@ -34,6 +39,7 @@ async def run_client(config: ClientConfig, stop: asyncio.Event) -> int:
     host, _, port = config.gateway.endpoint.rpartition(":")
     loop = asyncio.get_running_loop()
     tun: TunDevice | None = None
+    routes: RouteSet | None = None
     backoff = BACKOFF_FIRST_S
     try:
         while not stop.is_set():
@@ -53,6 +59,9 @@ async def run_client(config: ClientConfig, stop: asyncio.Event) -> int:
             if tun is None:
                 tun = TunDevice.open(config.device, vnet_hdr=conn.vnet)
             tun.configure(welcome.vpn_addr, welcome.prefix_len, welcome.mtu)
+            if routes is None and config.routes:
+                routes = RouteSet(tun.name, config.routes, host)
+                log.info("routes through the tunnel: %s", ", ".join(routes.add()))
             log.info("session %d: %s/%d via %s", welcome.session, welcome.vpn_addr, welcome.prefix_len,
                      config.gateway.endpoint)  # fmt: skip
 
@@ -93,6 +102,8 @@ async def run_client(config: ClientConfig, stop: asyncio.Event) -> int:
             log.warning("tunnel closed (%s: %s): reconnecting", code.name.lower(), reason)
         return 0
     finally:
+        if routes is not None:
+            routes.remove()
         if tun is not None:
             tun.close()
 

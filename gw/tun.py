@@ -29,7 +29,8 @@ import os
 import socket
 import struct
 import threading
-from typing import Self
+from collections.abc import Callable
+from typing import Any, Self
 
 from gw.errors import GwError
 from gw.vnet import VNET_HDR_LEN
@@ -128,43 +129,22 @@ class TunDevice:
     def configure(self, address: str, prefix_len: int, mtu: int) -> None:
         """Set the IPv4 address, MTU and bring the link up, through netlink in this network namespace.
 
-        pyroute2's synchronous API runs its own asyncio loop, which cannot run inside the caller's running
-        loop; called from a running loop, the netlink work runs in a short-lived thread instead.
         Raises: TunError naming the device and the step that failed.
         """
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            self._configure(address, prefix_len, mtu)
-            return
-        failure: list[BaseException] = []
+        netlink(lambda ipr: self._configure(ipr, address, prefix_len, mtu))
 
-        def work() -> None:
-            try:
-                self._configure(address, prefix_len, mtu)
-            except BaseException as e:  # handed to the caller's thread below
-                failure.append(e)
-
-        thread = threading.Thread(target=work, name=f"configure {self.name}")
-        thread.start()
-        thread.join()
-        if failure:
-            raise failure[0]
-
-    def _configure(self, address: str, prefix_len: int, mtu: int) -> None:
-        from pyroute2 import IPRoute  # Linux only; imported here so the module loads everywhere
+    def _configure(self, ipr: Any, address: str, prefix_len: int, mtu: int) -> None:
         from pyroute2.netlink.exceptions import NetlinkError  # not an OSError; .code is the errno
 
         step = "look up"
         try:
             index = socket.if_nametoindex(self.name)
-            with IPRoute() as ipr:
-                step = f"set MTU {mtu}"
-                ipr.link("set", index=index, mtu=mtu)
-                step = f"set address {address}/{prefix_len}"
-                ipr.addr("replace", index=index, address=address, prefixlen=prefix_len)
-                step = "bring up"
-                ipr.link("set", index=index, state="up")
+            step = f"set MTU {mtu}"
+            ipr.link("set", index=index, mtu=mtu)
+            step = f"set address {address}/{prefix_len}"
+            ipr.addr("replace", index=index, address=address, prefixlen=prefix_len)
+            step = "bring up"
+            ipr.link("set", index=index, state="up")
         except OSError as e:
             raise TunError(f"TUN device {self.name}: cannot {step}: {e.strerror or e}", e.errno) from e
         except NetlinkError as e:
@@ -235,6 +215,38 @@ class TunDevice:
     def __repr__(self) -> str:
         state = "closed" if self._fd < 0 else f"fd={self._fd}"
         return f"<TunDevice {self.name} {state} vnet_hdr={self.vnet_hdr} offloads={sorted(self.offloads)}>"
+
+
+def netlink(work: Callable[[Any], Any]) -> Any:
+    """``work(ipr)`` with a pyroute2 ``IPRoute`` of this network namespace; returns its result.
+
+    pyroute2's synchronous API runs its own asyncio loop, which cannot run inside a running one: called
+    from a running loop, the work runs in a short-lived thread instead. Raises what ``work`` raised."""
+    from pyroute2 import IPRoute  # Linux only; imported here so the module loads everywhere
+
+    def run() -> Any:
+        with IPRoute() as ipr:
+            return work(ipr)
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return run()
+    result: list[Any] = []
+    failure: list[BaseException] = []
+
+    def in_thread() -> None:
+        try:
+            result.append(run())
+        except BaseException as e:  # handed to the caller's thread below
+            failure.append(e)
+
+    thread = threading.Thread(target=in_thread, name="netlink")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return result[0]
 
 
 def _set_offload(fd: int, name: str) -> int:

@@ -1,0 +1,199 @@
+"""The VPN end to end on the lab's world (``gw.lab.world``): the real daemon, clients and servers as
+processes in namespaces made here; DNS through the proxy, the host's TUN, spoofing, routes, status,
+shutdown, and ``gw lab`` itself as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gw.lab.world import GATEWAY_HOST, INTERNET_HOST, LabWorld
+from gw.status import query
+from journal import recovery
+from journal.events import GatewayStopped
+from tests.netns.conftest import ROOT, netns_list, require_netns
+
+pytestmark = pytest.mark.netns
+_serial = iter(range(1000))
+
+
+def _tag() -> str:
+    return f"t{os.getpid() % 100000}x{next(_serial)}"
+
+
+@pytest.fixture
+def world(tmp_path):
+    require_netns()
+    w = LabWorld(_tag(), directory=tmp_path / "lab")
+    try:
+        w.build()
+        yield w
+    finally:
+        left = w.down(remove_dir=False)
+        assert not left, left
+
+
+def _logs(w: LabWorld) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(w.dir.glob("*.log")))
+
+
+def _set(path, section: str, line: str) -> None:
+    """Add ``line`` to ``[section]`` of a lab TOML file (the section exists and is not the last table)."""
+    text = path.read_text()
+    assert f"[{section}]\n" in text
+    path.write_text(text.replace(f"[{section}]\n", f"[{section}]\n{line}\n", 1))
+
+
+def test_dns_through_the_proxy_over_udp_and_tcp_reaches_the_internet_server_from_the_gateway_only(world):
+    vpn = world.start()
+    try:
+        udp = world.probe("c1", "dns", "10.66.77.1", "www.lab.example", False)
+        tcp = world.probe("c2", "dns", "10.66.77.1", "www.lab.example", True)
+        missing = world.probe("c1", "dns", "10.66.77.1", "nothing.lab.example", False)
+        assert udp["answers"] == ["203.0.113.80"] and udp["rcode"] == 0, udp
+        assert tcp["answers"] == ["203.0.113.80"] and tcp["rcode"] == 0, tcp
+        assert missing["rcode"] == 3 and missing["answers"] == [], missing  # NXDOMAIN passes through
+        seen = [ln.split()[3] for ln in (world.dir / "dns.log").read_text().splitlines() if ln.startswith("dns ")]
+        assert len(seen) == 3 and {s.rpartition(":")[0] for s in seen} == {GATEWAY_HOST}
+        doc = query(world.status_socket)
+        assert doc["dns"]["queries"] == 3 and doc["dns"]["answers"] == 3
+        assert sorted(s["client"] for s in doc["sessions"]) == ["alice", "bob"]
+        assert {s["vpn_addr"] for s in doc["sessions"]} == set(vpn.values())
+    except BaseException:
+        print(_logs(world))
+        raise
+
+
+def test_the_proxy_is_no_open_resolver_and_an_upstream_that_never_answers_gets_the_client_servfail(world):
+    _set(world.gateway_toml, "dns", 'upstreams = ["198.51.100.254:5353"]\ntimeout_s = 0.3\nattempts = 2')
+    world.gateway_toml.write_text(world.gateway_toml.read_text().replace(
+        'upstreams = ["198.51.100.254:53"]\n', "", 1))  # fmt: skip
+    world.start()
+    try:
+        t = time.monotonic()
+        r = world.probe("c1", "dns", "10.66.77.1", "www.lab.example", False)
+        assert r["rcode"] == 2 and r["answers"] == [], r  # SERVFAIL, after two attempts of 0.3 s
+        assert time.monotonic() - t >= 0.6
+        # from the internet side and from the client link, outside the tunnel: nothing answers port 53
+        for role, server in (("inet", GATEWAY_HOST), ("c1", "192.0.2.1")):
+            r = world.probe(role, "dns", server, "www.lab.example", False)
+            assert "error" in r, f"{role} got a DNS answer from {server}: {r}"
+        doc = query(world.status_socket)
+        assert doc["dns"]["timeouts"] == 1 and doc["dns"]["answers"] == 0
+    except BaseException:
+        print(_logs(world))
+        raise
+
+
+def test_a_spoofed_source_is_dropped_at_the_gateway_and_counted(world):
+    vpn = world.start()
+    try:
+        listener = subprocess.Popen(
+            ["ip", "netns", "exec", world.ns["c2"], sys.executable, "-m", "gw.lab.probes", "udp_listen",
+             json.dumps([vpn["bob"], 9999, 3.0])], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        )  # fmt: skip
+        time.sleep(0.5)
+        world.probe("c1", "spoofed_udp", "10.66.77.77", vpn["bob"], 9999, "forged")  # not alice's address
+        world.probe("c1", "spoofed_udp", vpn["alice"], vpn["bob"], 9999, "genuine")  # the control
+        got = json.loads(listener.communicate(timeout=10)[0])["received"]
+        assert [g["data"] for g in got] == ["genuine"], got
+        assert query(world.status_socket)["drops"].get("spoofed") == 1
+    except BaseException:
+        print(_logs(world))
+        raise
+
+
+def test_routes_everything_through_the_tunnel_keeps_the_endpoint_reachable_and_restores_the_table(world):
+    before = world.run("c1", "ip", "-j", "route", "show").stdout
+    text = world.client_toml("alice").read_text()
+    world.client_toml("alice").write_text('routes = ["0.0.0.0/0"]\n' + text)  # a top-level key: first
+    vpn = world.start()
+    try:
+        got = world.run("c1", "ip", "-j", "route", "get", INTERNET_HOST).stdout
+        assert json.loads(got)[0]["dev"] == "gw0"  # the internet goes into the tunnel
+        got = world.run("c1", "ip", "-j", "route", "get", "192.0.2.1").stdout
+        assert json.loads(got)[0]["dev"] == "uplink"  # the tunnel itself does not
+        assert world.probe("c1", "ping", vpn["bob"], 3)["received"] == 3
+        assert world.probe("c1", "ping", "10.66.77.1", 3)["received"] == 3
+        world.probe("c1", "spoofed_udp", vpn["alice"], INTERNET_HOST, 9, "to the internet")
+        assert query(world.status_socket)["routes"]["nat"] >= 1  # it reached the gateway's NAT
+        assert world.stop(world.process("alice")) == 0
+        assert world.run("c1", "ip", "-j", "route", "show").stdout == before
+    except BaseException:
+        print(_logs(world))
+        raise
+
+
+def test_sigterm_journals_the_stop_removes_the_host_tun_and_the_status_socket(world):
+    world.start()
+    try:
+        assert "gw-host" in world.run("gw", "ip", "link", "show").stdout
+        assert world.stop(world.process("gateway"), signal.SIGTERM) == 0
+        assert "gw-host" not in world.run("gw", "ip", "link", "show").stdout
+        assert not world.status_socket.exists()
+        events = recovery.load(world.journal, truncate_torn_tail=False).events
+        assert type(events[-1]) is GatewayStopped
+    except BaseException:
+        print(_logs(world))
+        raise
+
+
+def test_gw_status_prints_tables_and_json(world):
+    world.start()
+    cmd = [sys.executable, "-m", "gw", "status", "--socket", str(world.status_socket)]
+    table = subprocess.run(cmd, capture_output=True, text=True, timeout=10, cwd=ROOT)
+    doc = json.loads(subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=10, cwd=ROOT).stdout)
+    assert table.returncode == 0 and "alice" in table.stdout and "bob" in table.stdout, table
+    assert {"gateway", "sessions", "nat", "drops", "journal", "dns", "tunnel"} <= set(doc)
+    missing = subprocess.run([*cmd[:-1], str(world.dir / "nothing.sock")], capture_output=True, text=True,
+                             timeout=10, cwd=ROOT)  # fmt: skip
+    assert missing.returncode == 1 and "is gw serve running" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def _gw(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gw", *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT)  # fmt: skip
+
+
+def test_gw_lab_runs_every_check_and_leaves_nothing_behind():
+    require_netns()
+    tag = _tag()
+    before = netns_list()
+    done = _gw("lab", "--tag", tag, "--json")
+    report = json.loads(done.stdout)
+    assert done.returncode == 0 and report["ok"], done.stdout + done.stderr
+    assert len(report["checks"]) >= 8 and all(c["ok"] for c in report["checks"])
+    assert netns_list() == before
+
+
+def test_gw_lab_keep_json_describes_the_lab_and_down_removes_it():
+    require_netns()
+    tag = _tag()
+    kept = _gw("lab", "--tag", tag, "--keep", "--json")
+    try:
+        report = json.loads(kept.stdout)
+        lab = report["lab"]
+        names = {ns["name"] for ns in lab["namespaces"].values()}
+        assert names == {f"gwlab-{tag}-{r}" for r in ("gw", "c1", "c2", "inet")} and names <= netns_list()
+        assert lab["namespaces"]["c1"]["enter"] == f"ip netns exec gwlab-{tag}-c1 bash"
+        devices = {d["device"] for d in lab["namespaces"]["gw"]["devices"]}
+        assert {"c1", "c2", "inet", "gw-host"} <= devices
+        pids = {p["name"]: p["pid"] for p in lab["processes"]}
+        assert {"gateway", "alice", "bob", "dns"} <= set(pids)
+        assert all(os.path.exists(f"/proc/{pid}") for pid in pids.values())
+        assert lab["internet"]["address"] == INTERNET_HOST
+    finally:
+        down = _gw("lab", "--down", "--tag", tag)
+    assert down.returncode == 0, down.stderr
+    assert not names & netns_list()
+    time.sleep(0.2)
+    assert not any(os.path.exists(f"/proc/{pid}") and b"gw" in open(f"/proc/{pid}/cmdline", "rb").read()
+                   for pid in pids.values())  # fmt: skip
+    again = _gw("lab", "--down", "--tag", tag)
+    assert again.returncode == 1 and "no lab" in again.stderr and "Traceback" not in again.stderr
