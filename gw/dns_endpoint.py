@@ -5,7 +5,9 @@ port 53 and the daemon calls ``query_udp``; the answer goes back as a datagram b
 (``reply(client, port, payload)``), so UDP DNS never touches the host's kernel. Over TCP (RFC 7766),
 the client's connection reaches the host's kernel through the host TUN, and a listener bound to the
 gateway's VPN address takes it here; it answers VPN addresses only, never anyone else (not an open
-resolver), and bounds each connection's idle time and message size.
+resolver), and bounds each connection's idle time and message size. A client on TCP came for the
+whole answer: when the upstream's UDP answer is truncated (TC), the query is asked again over TCP, of
+each upstream in turn (RFC 7766 5), and the client gets that answer or SERVFAIL.
 
 Upstreams are reached from the gateway host's own network, one connected UDP socket each (the kernel
 picks a random source port per socket; the core picks a random ID per query, RFC 5452).
@@ -24,12 +26,13 @@ from collections.abc import Callable
 
 from gw import inet
 from gw.config import GatewayConfig, parse_endpoint
-from gw.dnsproxy import Count, DnsProxy
+from gw.dnsproxy import Count, DnsProxy, is_answer_to, servfail_for, truncated
 
 log = logging.getLogger("gw.dns")
 UPSTREAM_BATCH = 64  # datagrams read per readiness callback
 TCP_IDLE_S = 10.0  # RFC 7766 6.2.3: servers may close idle connections; a few seconds is usual
 MAX_TCP_CONNECTIONS = 256  # bound the proxy's TCP side: past it, new connections are closed at once
+MAX_TCP_UPSTREAM = 32  # TCP retries of truncated answers at once; past it the client gets the TC answer
 _LEN = struct.Struct("!H")
 
 
@@ -66,6 +69,8 @@ class DnsEndpoint:
         self._tcp: asyncio.AbstractServer | None = None
         self._conns: dict[int, asyncio.StreamWriter] = {}
         self._conn_ids = itertools.count(1)
+        self._tcp_queries: dict[tuple[int, int], bytes] = {}  # (conn id, query ID) -> the query, while pending
+        self._tcp_upstream = 0  # TCP retries under way
         self._net, self._prefix_len = inet.parse_prefix(config.vpn.subnet)
         self.send_errors = 0  # upstream sends the kernel refused (no route, full buffer)
         self.tcp_refused = 0  # TCP connections from outside the VPN, or over MAX_TCP_CONNECTIONS
@@ -119,9 +124,41 @@ class DnsEndpoint:
         if len(client) == 2:
             self._reply(client[0], client[1], data)
             return
+        query = self._tcp_queries.pop((client[2], _LEN.unpack_from(data)[0]), None)
+        if query is not None and truncated(data) and self._tcp_upstream < MAX_TCP_UPSTREAM:
+            self._tcp_upstream += 1
+            asyncio.get_running_loop().create_task(self._over_tcp(client, query))
+            return
+        self._write_tcp(client, data)
+
+    def _write_tcp(self, client: tuple, data: bytes) -> None:
         writer = self._conns.get(client[2])
         if writer is not None and not writer.is_closing():
             writer.write(_LEN.pack(len(data)) + data)
+
+    async def _over_tcp(self, client: tuple, query: bytes) -> None:
+        """Ask ``query`` of the upstreams over TCP, in turn; the client gets the first answer or SERVFAIL."""
+        timeout = self.config.dns.timeout_s
+        try:
+            for host, port in self.upstreams[: self.config.dns.attempts]:
+                try:
+                    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+                except (OSError, TimeoutError):
+                    continue
+                try:
+                    writer.write(_LEN.pack(len(query)) + query)
+                    (n,) = _LEN.unpack(await asyncio.wait_for(reader.readexactly(2), timeout))
+                    reply = await asyncio.wait_for(reader.readexactly(n), timeout)
+                except (OSError, TimeoutError, asyncio.IncompleteReadError):
+                    continue
+                finally:
+                    writer.close()
+                if is_answer_to(query, reply):
+                    self._write_tcp(client, reply)
+                    return
+            self._write_tcp(client, servfail_for(query))
+        finally:
+            self._tcp_upstream -= 1
 
     def _from_upstream(self, upstream: int) -> None:
         sock, now = self._socks[upstream], time.monotonic_ns()
@@ -162,13 +199,18 @@ class DnsEndpoint:
             while True:
                 (n,) = _LEN.unpack(await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_S))
                 message = await asyncio.wait_for(reader.readexactly(n), TCP_IDLE_S)
-                self._dispatch(client, self.proxy.query(client, message, time.monotonic_ns()))
+                decision = self.proxy.query(client, message, time.monotonic_ns())
+                if isinstance(decision, tuple) and len(self._tcp_queries) < self.proxy.max_in_flight:
+                    self._tcp_queries[(conn_id, _LEN.unpack_from(message)[0])] = bytes(message)
+                self._dispatch(client, decision)
                 await writer.drain()
         except (asyncio.IncompleteReadError, TimeoutError, OSError):
             pass
         finally:
             del self._conns[conn_id]
             self.proxy.forget_client(client)
+            for key in [k for k in self._tcp_queries if k[0] == conn_id]:
+                del self._tcp_queries[key]
             writer.close()
 
     def status(self) -> dict:

@@ -55,7 +55,7 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from enum import IntEnum
 
-__all__ = ["Count", "DnsProxy", "client_key"]
+__all__ = ["Count", "DnsProxy", "client_key", "is_answer_to", "servfail_for", "truncated"]
 
 # --- RFC 1035 4.1 (spec) -------------------------------------------------------------------------------
 HEADER_LEN = 12
@@ -63,6 +63,7 @@ QR = 0x8000  # a response
 OPCODE_MASK = 0x7800
 RD = 0x0100  # recursion desired
 RA = 0x0080  # recursion available
+TC = 0x0200  # truncated: the answer did not fit the datagram
 OPCODE_QUERY = 0
 RCODE_FORMERR = 1
 RCODE_SERVFAIL = 2
@@ -149,6 +150,30 @@ def _error_reply(buf: bytes | memoryview, client_id: int, flags: int, qend: int,
     if qend <= 0:
         return _HEADER.pack(client_id, flags, 0, 0, 0, 0)
     return _HEADER.pack(client_id, flags, 1, 0, 0, 0) + bytes(buf[HEADER_LEN:qend])
+
+
+def is_answer_to(query: bytes | memoryview, reply: bytes | memoryview) -> bool:
+    """Whether ``reply`` answers ``query``: QR=1, the same ID, qdcount 1 and the same question (qname
+    compared case-insensitively). For answers fetched outside the table (the shell's TCP retry)."""
+    if len(query) < HEADER_LEN or len(reply) < HEADER_LEN:
+        return False
+    qid, _, qd = _read_id_flags_qd(query)
+    rid, rflags, rd = _read_id_flags_qd(reply)
+    if qid != rid or not rflags & QR or qd != 1 or rd != 1:
+        return False
+    qend, rend = _question_end(query, len(query)), _question_end(reply, len(reply))
+    return qend > 0 and rend > 0 and _question_key(query, qend) == _question_key(reply, rend)
+
+
+def truncated(reply: bytes | memoryview) -> bool:
+    """Whether a reply has the TC bit: the whole answer needs TCP (RFC 7766)."""
+    return len(reply) >= HEADER_LEN and bool(_read_id_flags_qd(reply)[1] & TC)
+
+
+def servfail_for(query: bytes | memoryview) -> bytes:
+    """The SERVFAIL reply to a query that passed ``DnsProxy.query`` (its ID, opcode, RD and question)."""
+    client_id, flags, _ = _read_id_flags_qd(query)
+    return _error_reply(query, client_id, flags, _question_end(query, len(query)), RCODE_SERVFAIL)
 
 
 class _Pending:

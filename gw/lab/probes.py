@@ -68,7 +68,8 @@ def dns(server: str, name: str, tcp: bool = False, qtype: int = 1) -> dict:
     if reply.id != query.id:
         raise AssertionError(f"DNS reply ID {reply.id} for query {query.id}")
     answers = [socket.inet_ntoa(rr.ip) for rr in reply.an if rr.type == dpkt.dns.DNS_A]
-    return {"rcode": reply.rcode, "answers": answers, "ms": round(ms, 3)}
+    truncated = bool(reply.op & dpkt.dns.DNS_TC)
+    return {"rcode": reply.rcode, "answers": answers, "truncated": truncated, "ms": round(ms, 3)}
 
 
 def _read_exactly(s: socket.socket, n: int) -> bytes:

@@ -8,7 +8,9 @@ who really asked (the DNS server sees the gateway's address, never a client's).
 
 The DNS server is authoritative for ``lab.example.`` (``ZONE``): A queries for its names get their
 address, other types NODATA, unknown names NXDOMAIN, and names outside the zone REFUSED, over UDP and
-TCP (RFC 1035 4.2.2: a two-byte length before each message).
+TCP (RFC 1035 4.2.2: a two-byte length before each message). ``big.lab.example`` has ``BIG_COUNT`` A
+records, more than a 512-byte datagram holds: over UDP it is answered truncated (TC, no records), so
+a resolver must ask again over TCP.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ RECORDS = {  # name -> IPv4 address
     "gateway.lab.example": "198.51.100.1",
 }
 TTL_S = 60
+BIG_NAME, BIG_COUNT = "big.lab.example", 100  # 100 A records: 1.6 KB, over the 512 bytes of plain UDP DNS
 MAX_DNS_MESSAGE = 4096  # a query in this lab is below 300 bytes; anything larger is dropped
 MAX_ECHO_BYTES = 1 << 30  # bound one TCP echo connection: the lab's transfers are far smaller
 _HEADER = struct.Struct("!HHHHHH")
@@ -34,7 +37,7 @@ _QTYPE_A, _QCLASS_IN = 1, 1
 _NOERROR, _FORMERR, _NXDOMAIN, _REFUSED = 0, 1, 3, 5
 
 
-def dns_answer(query: bytes) -> bytes | None:
+def dns_answer(query: bytes, tcp: bool = False) -> bytes | None:
     """The server's answer to one DNS message, or None to stay silent (not a query, or unreadable)."""
     if len(query) < 12 or len(query) > MAX_DNS_MESSAGE:
         return None
@@ -59,6 +62,12 @@ def dns_answer(query: bytes) -> bytes | None:
         return _HEADER.pack(ident, 0x8000 | rd | _FORMERR, 0, 0, 0, 0)
     if name != ZONE and not name.endswith("." + ZONE):
         return _HEADER.pack(ident, 0x8000 | rd | _REFUSED, 1, 0, 0, 0) + question
+    if name == BIG_NAME and qtype == _QTYPE_A:
+        if not tcp:
+            return _HEADER.pack(ident, 0x8600 | rd | _NOERROR, 1, 0, 0, 0) + question  # AA, TC
+        answers = b"".join(struct.pack("!HHHIH", 0xC00C, _QTYPE_A, _QCLASS_IN, TTL_S, 4) + bytes([198, 18, 0, i])
+                           for i in range(BIG_COUNT))  # fmt: skip
+        return _HEADER.pack(ident, 0x8400 | rd | _NOERROR, 1, BIG_COUNT, 0, 0) + question + answers
     address = RECORDS.get(name)
     if address is None:
         return _HEADER.pack(ident, 0x8400 | rd | _NXDOMAIN, 1, 0, 0, 0) + question  # AA
@@ -84,7 +93,7 @@ async def _dns_tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
     try:
         while True:
             (n,) = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 10))
-            reply = dns_answer(await asyncio.wait_for(reader.readexactly(n), 10))
+            reply = dns_answer(await asyncio.wait_for(reader.readexactly(n), 10), tcp=True)
             _log(f"dns tcp from {peer[0]}:{peer[1]} {'answered' if reply else 'ignored'}")
             if reply is None:
                 break

@@ -56,13 +56,20 @@ def test_dns_through_the_proxy_over_udp_and_tcp_reaches_the_internet_server_from
         udp = world.probe("c1", "dns", "10.66.77.1", "www.lab.example", False)
         tcp = world.probe("c2", "dns", "10.66.77.1", "www.lab.example", True)
         missing = world.probe("c1", "dns", "10.66.77.1", "nothing.lab.example", False)
+        # too big for a datagram: over UDP the client gets the TC answer as it came; over TCP the proxy
+        # asks again over TCP and the client gets all 100 records
+        big_udp = world.probe("c1", "dns", "10.66.77.1", "big.lab.example", False)
+        big_tcp = world.probe("c1", "dns", "10.66.77.1", "big.lab.example", True)
+        assert big_udp["truncated"] and big_udp["answers"] == [], big_udp
+        assert not big_tcp["truncated"] and len(big_tcp["answers"]) == 100, big_tcp
         assert udp["answers"] == ["203.0.113.80"] and udp["rcode"] == 0, udp
         assert tcp["answers"] == ["203.0.113.80"] and tcp["rcode"] == 0, tcp
         assert missing["rcode"] == 3 and missing["answers"] == [], missing  # NXDOMAIN passes through
         seen = [ln.split()[3] for ln in (world.dir / "dns.log").read_text().splitlines() if ln.startswith("dns ")]
-        assert len(seen) == 3 and {s.rpartition(":")[0] for s in seen} == {GATEWAY_HOST}
+        assert len(seen) == 6 and {s.rpartition(":")[0] for s in seen} == {GATEWAY_HOST}
+        assert sum(" tcp " in f" {s} " for s in (ln for ln in (world.dir / "dns.log").read_text().splitlines())) == 1
         doc = query(world.status_socket)
-        assert doc["dns"]["queries"] == 3 and doc["dns"]["answers"] == 3
+        assert doc["dns"]["queries"] == 5 and doc["dns"]["answers"] == 5
         assert sorted(s["client"] for s in doc["sessions"]) == ["alice", "bob"]
         assert {s["vpn_addr"] for s in doc["sessions"]} == set(vpn.values())
     except BaseException:

@@ -7,7 +7,7 @@ import random
 import pytest
 from dpkt import dns
 
-from gw.dnsproxy import MAX_QUERY_BYTES, Count, DnsProxy
+from gw.dnsproxy import MAX_QUERY_BYTES, Count, DnsProxy, is_answer_to, servfail_for, truncated
 
 S = 1_000_000_000
 T = 2 * S  # the default timeout per attempt
@@ -361,3 +361,19 @@ def test_no_upstream_is_refused() -> None:
     r = parsed(p.query(ALICE, build_query(qid=3), 0))
     assert (r.id, r.rcode, r.qd[0].name) == (3, dns.DNS_RCODE_REFUSED, "example.com")
     assert p.counts[Count.REFUSED] == 1
+
+
+def test_the_checks_for_an_answer_fetched_over_tcp_are_those_of_the_table():
+    """The shell asks again over TCP when a TCP client got a truncated answer: the same rules apply."""
+    q = build_query("Example.COM", qid=77)
+    assert is_answer_to(q, build_answer(q))
+    assert is_answer_to(q, build_answer(q, name="example.com"))  # RFC 4343: case does not matter
+    assert not is_answer_to(q, build_answer(q, name="other.com"))
+    assert not is_answer_to(q, build_answer(build_query("Example.COM", qid=78)))  # another ID
+    assert not is_answer_to(q, q)  # QR=0: a query is no answer
+    assert not is_answer_to(q, b"\0" * 5)
+    tc = bytearray(build_answer(q))
+    tc[2] |= 0x02  # the TC bit
+    assert truncated(tc) and not truncated(build_answer(q)) and not truncated(b"")
+    r = parsed(servfail_for(q))
+    assert (r.id, r.rcode, r.qr, r.qd[0].name) == (77, dns.DNS_RCODE_SERVFAIL, 1, "Example.COM")
