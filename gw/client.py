@@ -19,14 +19,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 
 from gw.config import ClientConfig
 from gw.identity import load_identity
-from gw.routes import RouteSet
 from gw.transport.endpoint import connect
 from gw.transport.handshake import PinMismatch, Refused
 from gw.transport.wire import Close
-from gw.tun import TunDevice
+
+if sys.platform == "win32":
+    from gw.tun_windows import WintunDevice as TunDevice
+else:
+    from gw.tun import TunDevice
 
 log = logging.getLogger("gw.client")
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 1.0, 30.0
@@ -39,14 +43,13 @@ async def run_client(config: ClientConfig, stop: asyncio.Event) -> int:
     host, _, port = config.gateway.endpoint.rpartition(":")
     loop = asyncio.get_running_loop()
     tun: TunDevice | None = None
-    routes: RouteSet | None = None
+    routes = None  # gw.routes.RouteSet once added
     backoff = BACKOFF_FIRST_S
+    offloads = config.offloads and sys.platform != "win32"  # WinTun has no offloads
     try:
         while not stop.is_set():
             try:
-                conn, welcome = await connect(
-                    host, int(port), me, config.gateway.fingerprint, offloads=config.offloads
-                )
+                conn, welcome = await connect(host, int(port), me, config.gateway.fingerprint, offloads=offloads)
             except (Refused, PinMismatch) as e:
                 log.error("the gateway at %s: %s", config.gateway.endpoint, e)
                 return 2
@@ -60,6 +63,8 @@ async def run_client(config: ClientConfig, stop: asyncio.Event) -> int:
                 tun = TunDevice.open(config.device, vnet_hdr=conn.vnet)
             tun.configure(welcome.vpn_addr, welcome.prefix_len, welcome.mtu)
             if routes is None and config.routes:
+                from gw.routes import RouteSet  # netlink: Linux only
+
                 routes = RouteSet(tun.name, config.routes, host)
                 log.info("routes through the tunnel: %s", ", ".join(routes.add()))
             log.info("session %d: %s/%d via %s", welcome.session, welcome.vpn_addr, welcome.prefix_len,
@@ -81,20 +86,20 @@ async def run_client(config: ClientConfig, stop: asyncio.Event) -> int:
                 # back-pressure: while the tunnel cannot take more, leave packets in the TUN's queue
                 # (the kernel's TCP then sees a full device queue, not losses we would make here)
                 if ok:
-                    loop.add_reader(tun.fileno(), from_tun)
+                    tun.attach(loop, from_tun)
                 else:
-                    loop.remove_reader(tun.fileno())
+                    tun.detach(loop)
 
             conn.on_packets = to_tun
             conn.on_writable = writable
-            loop.add_reader(tun.fileno(), from_tun)
+            tun.attach(loop, from_tun)
             try:
                 done, _ = await asyncio.wait(
                     [asyncio.ensure_future(conn.closed), asyncio.ensure_future(stop.wait())],
                     return_when=asyncio.FIRST_COMPLETED,
                 )
             finally:
-                loop.remove_reader(tun.fileno())
+                tun.detach(loop)
             if stop.is_set():
                 conn.close(Close.SHUTDOWN, "client stopping")
                 break

@@ -22,3 +22,13 @@ class UsageError(GwError):
     """The command line is invalid."""
 
     exit_code = 2
+
+
+class TunError(GwError, OSError):
+    """The TUN device failed."""
+
+    def __init__(self, msg: str, err: int | None = None) -> None:
+        if err is None:
+            OSError.__init__(self, msg)
+        else:
+            OSError.__init__(self, err, msg)

@@ -16,8 +16,8 @@ Why it looks like this:
   gateway leaves nothing behind. It is created in the network namespace of the calling thread.
 - Addressing goes through netlink (pyroute2), never through the ``ip`` command.
 
-The interface (``open``, ``configure``, ``read_batch``, ``write``, ``fileno``, ``close``, ``name``,
-``vnet_hdr``, ``offloads``) is small on purpose, so that a WinTun twin can follow.
+The interface (``open``, ``configure``, ``read_batch``, ``write``, ``attach``/``detach``, ``close``,
+``name``, ``vnet_hdr``, ``offloads``) is small on purpose: ``gw.tun_windows`` is its WinTun twin.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Self
 
-from gw.errors import GwError
+from gw.errors import TunError
 from gw.vnet import VNET_HDR_LEN
 
 # --- spec: include/uapi/linux/if_tun.h; _IOW('T', n, int) = 0x40045400 | n on x86 and arm64 ----------------
@@ -66,16 +66,6 @@ OFFLOADS_WANTED = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6
 OFFLOADS_USO = TUN_F_USO4 | TUN_F_USO6
 TUN_READ_SLOT_LEN = VNET_HDR_LEN + 65536 + 256  # header + the largest GSO packet + a margin (see above)
 TUN_MAX_BATCH = 1024  # bound the preallocated read memory: 1024 slots are 67 MB
-
-
-class TunError(GwError, OSError):
-    """The TUN device failed."""
-
-    def __init__(self, msg: str, err: int | None = None) -> None:
-        if err is None:
-            OSError.__init__(self, msg)
-        else:
-            OSError.__init__(self, err, msg)
 
 
 class TunDevice:
@@ -195,6 +185,13 @@ class TunDevice:
             raise TunError(
                 f"TUN device {self.name}: write of {len(buf)} bytes failed: {e.strerror}", e.errno
             ) from e
+
+    def attach(self, loop: asyncio.AbstractEventLoop, on_readable: Callable[[], None]) -> None:
+        """Call ``on_readable`` on ``loop`` whenever packets wait (the loop watches the fd)."""
+        loop.add_reader(self._fd, on_readable)
+
+    def detach(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.remove_reader(self._fd)
 
     def fileno(self) -> int:
         """The non-blocking fd, for ``loop.add_reader``; -1 once closed."""
