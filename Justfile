@@ -24,6 +24,19 @@ bench:
     python -m bench.nat
     python -m bench.journal
 
+# the tools bench.tunnel compares gw with (Debian packages; root)
+bench-deps:
+    command -v iperf3 >/dev/null && command -v wireguard-go >/dev/null && command -v wg >/dev/null || \
+        apt-get install -y -q iperf3 wireguard-go wireguard-tools
+
+# gw against wireguard-go and kernel forwarding in the lab's namespaces (root; minutes); ends with one JSON line
+bench-tunnel *args: bench-deps
+    python -m bench.tunnel {{args}}
+
+# the whole VPN in throwaway network namespaces (root): build, check, report, remove
+lab *args:
+    gw lab {{args}}
+
 # static checks
 lint:
     ruff check .

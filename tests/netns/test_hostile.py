@@ -386,7 +386,6 @@ def test_a_handshake_flood_is_capped_and_leaves_nothing_behind(world):
         most_handshaking = max(most_handshaking, doc["tunnel"]["handshaking"])
         most_fds = max(most_fds, open_fds(pid))
         if ping is None and any("ready" in line for line in log_lines(world, "flood")):
-            held_doc = doc
             ping = world.probe("c2", "ping", vpn["alice"], 3)  # bob -> alice while the flood is held
             held_doc = status(world)
         time.sleep(0.05)
@@ -461,3 +460,39 @@ def test_a_client_that_does_not_read_costs_its_send_cap_and_the_others_carry_on(
     assert now["alice"]["dropped"] == 0 and now["bob"]["dropped"] == 0, now
     assert most_rss - baseline_rss < 64 << 20, f"RSS grew {(most_rss - baseline_rss) / 2**20:.1f} MiB"
     assert_serving(world, vpn)
+
+
+def test_connections_that_never_start_tls_count_against_the_handshake_cap(world):
+    """The endpoint's contract (gw/transport/endpoint.py): "at most ``max_handshakes`` connections may be
+    in either [the TLS or the tunnel handshake] at once (more are closed at accept)". A bare TCP
+    connection that never sends a ClientHello is in the TLS handshake: past the cap it must be closed
+    at accept, not hold a descriptor (and a TLS object) until the TLS handshake timeout."""
+    require_netns()
+    vpn = world.start()
+    pid = gateway_pid(world)
+    time.sleep(0.5)  # the clients' sessions settle
+    baseline_fds = open_fds(pid)
+    total, hold_s = 400, 5.0
+    spawn(world, "c1", "flood", flood, C1_TUNNEL, TUNNEL_PORT, total, 1, hold_s)  # every one TCP only
+    ready = wait_for_line(world, "flood", "ready", 15)
+    time.sleep(0.5)  # the gateway has taken (or refused) every connection the kernel accepted
+    held_fds, held = open_fds(pid), status(world)
+    ping = world.probe("c2", "ping", vpn["alice"], 3)  # bob -> alice while the flood is held
+    wait_exit(world, "flood", hold_s + 10)
+    deadline = time.monotonic() + 10
+    while (fds := open_fds(pid)) > baseline_fds + 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    print(json.dumps({"flood": ready, "baseline_fds": baseline_fds, "held_fds": held_fds, "after_fds": fds,
+                      "held": held["tunnel"]}))  # fmt: skip
+
+    assert ready["ready"]["tcp"] + ready["ready"]["tcp_failed"] == total, ready
+    assert ping["received"] == 3, ping
+    assert set(sessions(held)) == {"alice", "bob"}
+    assert fds <= baseline_fds + 2, f"the gateway holds {fds} descriptors, {baseline_fds} before the flood"
+    assert_serving(world, vpn)
+    assert held["tunnel"]["handshaking"] <= MAX_HANDSHAKES, held["tunnel"]
+    assert held_fds <= baseline_fds + MAX_HANDSHAKES + 8, (
+        f"{total} bare TCP connections held {held_fds - baseline_fds} descriptors in the gateway "
+        f"(cap {MAX_HANDSHAKES}); tunnel status {held['tunnel']}"
+    )
+    assert held["tunnel"]["refused_at_accept"] > 0, held["tunnel"]

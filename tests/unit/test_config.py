@@ -289,3 +289,11 @@ def test_client_toml_parses_and_its_mistakes_name_the_key_and_the_fix() -> None:
         config.parse_client(good.split("[identity]")[0], "client.toml")
     with pytest.raises(ConfigError, match="not valid TOML"):
         config.parse_client("[gateway", "client.toml")
+
+
+def test_the_example_configurations_parse_once_their_fingerprints_are_filled_in():
+    root = Path(__file__).resolve().parents[2] / "examples"
+    gateway = config.parse((root / "gateway.toml").read_text().replace("<from gw keys new alice-laptop>", "a" * 64))
+    assert gateway.clients[0].name == "alice-laptop" and gateway.status.socket == "/run/gw/gw.sock"
+    client = (root / "client.toml").read_text().replace("<the gateway's, from gw keys new gateway>", "b" * 64)
+    assert config.parse_client(client).gateway.endpoint == "203.0.113.7:8443"
