@@ -211,7 +211,9 @@ def _after_challenge(host: str, port: int, hostile: bytes) -> dict:
                 return {"error": "closed before the challenge"}
             data += chunk
         (ftype, payload), *_ = _frames(data)
-        challenge = ftype == wire.CHALLENGE and isinstance(wire.decode_message(ftype, payload), wire.Challenge)
+        challenge = ftype == wire.CHALLENGE and isinstance(
+            wire.decode_message(ftype, payload), wire.Challenge
+        )
         data = data[wire.HEADER_LEN + len(payload) :]
         t = time.monotonic()
         s.sendall(hostile)
