@@ -236,11 +236,12 @@ def tcp_source(addr: str, port: int, size: int, seed: int) -> str:
     return h.hexdigest()
 
 
-@pytest.mark.parametrize("alice_offloads, bob_offloads", [(True, True), (False, False), (False, True)],
-                         ids=["offloads", "no-offloads", "mixed"])  # fmt: skip
+@pytest.mark.parametrize("alice_offloads, bob_offloads", [(True, True), (False, False), (False, True), (True, False)],
+                         ids=["offloads", "no-offloads", "mixed", "segmented"])  # fmt: skip
 def test_a_100_mb_tcp_transfer_between_clients_arrives_whole(lab, alice_offloads, bob_offloads):
     """alice sends, bob receives. Mixed: alice's plain packets gain a vnet header at the gateway, and
-    bob's (ACK) packets lose theirs, checksum finished."""
+    bob's (ACK) packets lose theirs, checksum finished. Segmented: alice's super-packets are cut into
+    plain packets at the gateway for bob."""
     lab.start(lab.g, "serve", "-c", str(lab.tmp / "gateway.toml"), log="gateway.log")
     time.sleep(0.5)
     alice = lab.client_toml("alice", "192.0.2.1:8443", alice_offloads)

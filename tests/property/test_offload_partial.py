@@ -84,3 +84,48 @@ def test_a_dropped_packet_keeps_its_partial_field_for_the_icmp_error_that_quotes
     before = bytes(pkt)
     assert translate_partial(nat.translate_outbound, pkt, 0) != FORWARD
     assert bytes(pkt) == before
+
+
+@given(
+    size=st.integers(1, 65_000),
+    gso_size=st.integers(500, 1460),
+    tcp=st.booleans(),
+    fin=st.booleans(),
+    seq=st.integers(0, 2**32 - 1),
+    seed=st.integers(0, 2**16),
+)
+def test_a_super_packet_is_cut_into_the_packets_the_kernel_would_send(size, gso_size, tcp, fin, seq, seed):
+    """``segment`` (a super-packet for a client without offloads) against dpkt: every piece a valid,
+    fully checksummed packet of at most gso_size bytes of payload; together, the payload in order; TCP
+    sequence numbers contiguous; FIN and PSH on the last piece only."""
+    import dpkt
+
+    from gw import vnet as V
+    from gw.offload import segment
+
+    payload = random.Random(seed).randbytes(size)
+    if tcp:
+        flags = P.TCP_ACK_FLAG | 0x08 | (0x01 if fin else 0)
+        full = P.build_tcp(C, SRV, 40000, 443, payload=payload, flags=flags, seq=seq, ident=7)
+        gso = V.VNET_GSO_TCPV4
+    else:
+        full = P.build_udp(C, SRV, 40000, 443, payload, ident=7)
+        gso = V.VNET_GSO_UDP_L4
+    l4, at = _csum_at(full)
+    hdr = bytearray(V.VNET_HDR_LEN)
+    V.write_header(hdr, 0, V.VNET_F_NEEDS_CSUM, gso, 0, gso_size, l4, at)
+    pieces = segment(bytes(hdr + _partial(full)))
+    assert pieces is not None and len(pieces) == -(-size // gso_size)
+    got = b""
+    for i, piece in enumerate(pieces):
+        ip = dpkt.ip.IP(bytes(piece))
+        assert ip.len == len(piece) and P.checksum(piece, 0, 20) == 0
+        seg = ip.data
+        assert 0 < len(seg.data) <= gso_size
+        assert P.l4_checksum(bytearray(piece)) == (seg.sum if tcp else (seg.sum if seg.sum != 0xFFFF else 0))
+        if tcp:
+            assert seg.seq == (seq + len(got)) & 0xFFFFFFFF
+            last = i == len(pieces) - 1
+            assert bool(seg.flags & 0x01) == (fin and last) and bool(seg.flags & 0x08) == last
+        got += seg.data
+    assert got == payload
