@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import time
 
@@ -39,6 +40,7 @@ from gw import packet as P
 from gw import vnet as V
 from gw.config import GatewayConfig
 from gw.dns_endpoint import DnsEndpoint, resolv_conf_upstreams
+from gw.errors import GwError
 from gw.identity import load_identity
 from gw.nat import Nat
 from gw.offload import segment, translate_partial
@@ -81,6 +83,9 @@ class Gateway:
         self.host_tun: TunDevice | None = None
         self.dns: DnsEndpoint | None = None
         self.metrics: Metrics | None = None
+        self.tunnel: TunnelServer | None = None
+        self.status_server: StatusServer | None = None
+        self.writer: JournalWriter | None = None
         self.started = time.time()
         self.journal_error = ""
 
@@ -88,6 +93,22 @@ class Gateway:
         return time.monotonic_ns()
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Future | None = None) -> None:
+        """Serve until ``stop`` is set. Raises GwError (after undoing what it made) when it cannot start."""
+        timer = None
+        reason = "start failed"
+        try:
+            await self._start()
+            if ready is not None:
+                ready.set_result(self.port)
+            timer = asyncio.create_task(self._timer(stop))
+            reason = "shutdown"
+            await stop.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+            await self._shutdown(reason)
+
+    async def _start(self) -> None:
         cfg = self.config
         now = self._now()
         wall_offset = time.time_ns() - now
@@ -100,54 +121,60 @@ class Gateway:
         self.router = Router(cfg.vpn)
         self._gateway_addr = inet.aton(cfg.vpn.gateway_address)
         self._open_host_tun()
-        writer = self.writer = JournalWriter(
-            cfg.journal.directory, fsync=cfg.journal.fsync, on_error=self._journal_error
-        )
-        writer.start()
+        self.writer = JournalWriter(cfg.journal.directory, fsync=cfg.journal.fsync, on_error=self._journal_error)
+        self.writer.start()
         nat.record_event(GatewayStarted, now, version=__version__, ext_addrs=list(nat.ext_addrs),
                          recovered=rec.last_seq > 0, unclean=rec.last_seq > 0 and not rec.clean)  # fmt: skip
+        self._drain()
         upstreams = cfg.dns.upstreams or resolv_conf_upstreams()
         dns_addrs = []
         if cfg.dns.enabled and upstreams:
             self.dns = DnsEndpoint(cfg, upstreams, self._dns_reply)
-            await self.dns.start(tcp=self.host_tun is not None)
+            try:
+                await self.dns.start(tcp=self.host_tun is not None)
+            except OSError as e:
+                raise GwError(f"[dns]: cannot listen on {cfg.vpn.gateway_address}:53 for DNS over TCP: "
+                              f"{_reason(e)}") from None  # fmt: skip
             dns_addrs = [cfg.vpn.gateway_address]
         elif cfg.dns.enabled:
             log.warning("DNS proxy off: [dns] upstreams is empty and /etc/resolv.conf names no nameserver")
         self.directory = SessionDirectory(cfg, nat, dns=dns_addrs)
-        server = self.tunnel = TunnelServer(self.identity, self._authorize, self._opened, self._closed)
+        self.tunnel = TunnelServer(self.identity, self._authorize, self._opened, self._closed)
         host, _, port = cfg.tunnel.listen.rpartition(":")
-        self.port = await server.start(host, int(port))
-        status = StatusServer(cfg.status.socket, self.status)
-        await status.start()
+        try:
+            self.port = await self.tunnel.start(host, int(port))
+        except OSError as e:
+            raise GwError(f'[tunnel] listen = "{cfg.tunnel.listen}": {_reason(e)} '
+                          "(is another gw serve running? pick another address or port)") from None  # fmt: skip
+        self.status_server = StatusServer(cfg.status.socket, self.status)
+        await self.status_server.start()
         if cfg.metrics.listen:
             self.metrics = Metrics(cfg.metrics.listen)
             self.metrics.publish(self.status())
             self.metrics.start()
         log.info("gw %s listening on %s:%d (journal %s, status %s)", __version__, host, self.port,
                  cfg.journal.directory, cfg.status.socket)  # fmt: skip
-        if ready is not None:
-            ready.set_result(self.port)
-        timer = asyncio.create_task(self._timer(stop))
-        try:
-            await stop.wait()
-        finally:
-            timer.cancel()
-            await server.stop()
-            await status.stop()
-            for conn in list(self.sessions):
-                conn.close(wire.Close.SHUTDOWN, "gateway stopping")
-            for _ in range(20):  # their SessionClosed before GatewayStopped
-                if not self.sessions:
-                    break
-                await asyncio.sleep(0.05)
-            if self.dns is not None:
-                self.dns.stop()
-            self._close_host_tun()
-            nat.record_event(GatewayStopped, self._now(), reason="shutdown")
+
+    async def _shutdown(self, reason: str) -> None:
+        """Undo what ``_start`` made, whatever it got to; ``GatewayStopped`` journaled if it journaled a start."""
+        if self.tunnel is not None:
+            await self.tunnel.stop()
+        if self.status_server is not None:
+            await self.status_server.stop()
+        for conn in list(self.sessions):
+            conn.close(wire.Close.SHUTDOWN, "gateway stopping")
+        for _ in range(20):  # their SessionClosed before GatewayStopped
+            if not self.sessions:
+                break
+            await asyncio.sleep(0.05)
+        if self.dns is not None:
+            self.dns.stop()
+        self._close_host_tun()
+        if self.writer is not None:
+            self.nat.record_event(GatewayStopped, self._now(), reason=reason)
             self._drain()
-            writer.close()
-            gc.enable()
+            self.writer.close()
+        gc.enable()
 
     # -- the host's TUN
     def _open_host_tun(self) -> None:
@@ -357,6 +384,11 @@ class Gateway:
                         "durable_seq": writer.durable_seq, "lag_events": max(0, last_seq - writer.durable_seq),
                         "error": self.journal_error if not writer.alive or writer.backlogged else ""},  # fmt: skip
         }
+
+
+def _reason(e: OSError) -> str:
+    """An OSError's reason alone (uvloop's messages repeat the address)."""
+    return os.strerror(e.errno).lower() if e.errno else str(e)
 
 
 def serve(config: GatewayConfig) -> int:
