@@ -374,7 +374,8 @@ class Gateway:
                         "subnet": cfg.vpn.subnet, "address": cfg.vpn.gateway_address,
                         "host_device": self.host_tun.name if self.host_tun else ""},  # fmt: skip
             "sessions": sessions,
-            "tunnel": {"handshaking": self.tunnel.handshaking, "refused_at_accept": self.tunnel.refused_at_accept},
+            "tunnel": {"handshaking": self.tunnel.handshaking, "refused_at_accept": self.tunnel.refused_at_accept,
+                       "accept_errors": self.tunnel.accept_errors},
             "nat": {"mappings": len(nat), "restoring": nat.restoring},
             "drops": drops,
             "routes": {name(r): self.router.counts[r] for r in Route},

@@ -9,7 +9,10 @@ buffer of frames (``wire.encode_packets``), written once: uvloop's TLS ``writeli
 its own record.
 
 The gateway bounds what a stranger can cost it: the TLS handshake and the tunnel handshake each have a
-timeout, at most ``max_handshakes`` connections may be in either at once (more are closed at accept),
+timeout, at most ``max_handshakes`` connections may be in either at once, counted from the TCP accept
+(the daemon accepts on its own listening socket and starts TLS over each connection it keeps,
+``loop.connect_accepted_socket``), so a connection that never begins TLS counts too; more are closed
+at accept,
 a connection in its handshake gets a 32 KiB reader, not a session's 512 KiB, and a session whose
 peer does not read has its packets dropped and counted once its write buffer holds ``max_buffered``
 bytes. Keepalives go out after ``keepalive_s`` without sending; a peer silent for ``dead_after_s`` is
@@ -19,6 +22,7 @@ closed as ``Close.DEAD_PEER``.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -32,6 +36,9 @@ from gw.transport.wire import Close, FrameReader, ProtocolError
 TLS_HANDSHAKE_TIMEOUT_S = 10.0
 HANDSHAKE_TIMEOUT_S = 10.0
 MAX_HANDSHAKES = 256
+LISTEN_BACKLOG = 512  # the kernel's accept queue: a burst of clients reconnecting after a restart
+ACCEPT_BATCH = 64  # connections accepted per readiness callback
+ACCEPT_PAUSE_S = 0.1  # out of file descriptors: try accepting again after this long
 MAX_BUFFERED = 4 << 20  # bytes queued towards one peer before its packets are dropped
 # the client pauses reading its TUN above this (pause_writing) and never drops: a TUN batch of 64
 # super-packets is 4 MiB, so its cap leaves room for a batch read just before the pause
@@ -218,18 +225,13 @@ class GatewayConnection(_Stream):
         self.max_buffered = server.limits.max_buffered
         self._handshake = GatewayHandshake(server.identity.certificate)
         self._deadline: asyncio.TimerHandle | None = None
+        self._counted = True  # in server.handshaking, from TCP accept until the hello (or the end)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.peer = transport.get_extra_info("peername")[:2]
-        server = self.server
-        if server.handshaking >= server.limits.max_handshakes:
-            server.refused_at_accept += 1
-            transport.abort()
-            return
-        server.handshaking += 1
         self._deadline = asyncio.get_running_loop().call_later(
-            server.limits.handshake_timeout_s, self.close, Close.HANDSHAKE_TIMEOUT, "no hello in time"
+            self.server.limits.handshake_timeout_s, self.close, Close.HANDSHAKE_TIMEOUT, "no hello in time"
         )
         transport.write(self._handshake.start())
 
@@ -250,10 +252,16 @@ class GatewayConnection(_Stream):
         self._live(answer.keepalive_s, answer.dead_after_s)
         self.server.on_session(self)
 
+    def handshake_failed(self) -> None:
+        """The TLS handshake under this connection failed: it leaves the count of handshakes."""
+        self._handshake_done()
+
     def _handshake_done(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+        if self._counted:
+            self._counted = False
             self.server.handshaking -= 1
 
     def _finish(self, code: Close, reason: str) -> None:
@@ -281,26 +289,69 @@ class TunnelServer:
     ) -> None:
         self.identity, self.authorize, self.limits = me, authorize, limits
         self.on_session, self.on_session_closed = on_session, on_session_closed
-        self.handshaking = 0  # connections between accept and their hello
+        self.handshaking = 0  # connections between TCP accept and their hello (TLS handshake included)
         self.refused_at_accept = 0  # connections closed at once: too many handshakes in progress
-        self._server: asyncio.Server | None = None
+        self.accept_errors = 0  # accept() failures (out of file descriptors)
+        self.context = server_context(me)
+        self._listener: socket.socket | None = None
+        self._tls_tasks: set[asyncio.Task] = set()
 
     async def start(self, host: str, port: int) -> int:
-        """Listen; returns the port (0 picks a free one)."""
+        """Listen; returns the port (0 picks a free one). Raises OSError (address in use...)."""
+        sock = socket.create_server((host, port), backlog=LISTEN_BACKLOG)
+        sock.setblocking(False)
+        self._listener = sock
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept)
+        return sock.getsockname()[1]
+
+    def _accept(self) -> None:
+        """Take the connections waiting: each is counted against the cap before any TLS work, or closed."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: GatewayConnection(self),
-            host,
-            port,
-            ssl=server_context(self.identity),
-            ssl_handshake_timeout=self.limits.tls_handshake_timeout_s,
-        )
-        return self._server.sockets[0].getsockname()[1]
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, _ = self._listener.accept()
+            except BlockingIOError:
+                return
+            except OSError:  # out of file descriptors (EMFILE): stop accepting for a moment
+                self.accept_errors += 1
+                loop.remove_reader(self._listener.fileno())
+                loop.call_later(ACCEPT_PAUSE_S, self._resume_accepting)
+                return
+            if self.handshaking >= self.limits.max_handshakes:
+                self.refused_at_accept += 1
+                sock.close()
+                continue
+            self.handshaking += 1
+            task = loop.create_task(self._tls(sock))
+            self._tls_tasks.add(task)
+            task.add_done_callback(self._tls_tasks.discard)
+
+    def _resume_accepting(self) -> None:
+        if self._listener is not None:
+            asyncio.get_running_loop().add_reader(self._listener.fileno(), self._accept)
+
+    async def _tls(self, sock: socket.socket) -> None:
+        """The TLS handshake over an accepted socket; then the connection is a GatewayConnection's. A
+        failed TLS handshake (timeout, garbage, the peer gone) just ends the connection."""
+        conn = GatewayConnection(self)
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: conn, sock, ssl=self.context, ssl_handshake_timeout=self.limits.tls_handshake_timeout_s
+            )
+        except asyncio.CancelledError:
+            sock.close()
+            raise
+        except Exception:  # noqa: BLE001 - whatever the peer did to the TLS handshake, it ends here
+            conn.handshake_failed()
+            sock.close()
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        if self._listener is not None:
+            asyncio.get_running_loop().remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
+        for task in list(self._tls_tasks):
+            task.cancel()
 
 
 # ------------------------------------------------------------------------------------------ client
