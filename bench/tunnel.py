@@ -13,7 +13,9 @@ Three systems carry the same traffic between the lab's two clients, through the 
 
 For each: TCP with iperf3 from client 1 to client 2 ("up") and back (``-R``, "down"), UDP with 64-byte
 datagrams (iperf3 ``-u -l 64 -b 0``; the figure is what the receiver got), the round-trip time of
-small pings, and the CPU time the tunnel's own processes used per Gbit/s carried. Each figure is the
+small pings, and the CPU time the tunnel's own processes used per Gbit/s carried; then TCP both ways
+between client 1 and the gateway host itself (gw: its host TUN; wireguard-go: the hub's address), one
+tunnel instead of two. Each figure is the
 median of ``--runs`` runs (the spread in brackets); the ratios are gw over wireguard-go and over the
 kernel. The last line is one JSON object.
 
@@ -62,10 +64,10 @@ class Bench:
         self.world, self.seconds, self.runs = world, seconds, runs
         self.tick = os.sysconf("SC_CLK_TCK")
 
-    def iperf(self, server_ip: str, *args: str, daemons: list[int]) -> dict:
-        """One iperf3 run, client in c1 and server in c2; its JSON, plus the daemons' CPU seconds."""
+    def iperf(self, server_ip: str, *args: str, daemons: list[int], server_role: str = "c2") -> dict:
+        """One iperf3 run, client in c1 and server in ``server_role``; its JSON, plus the daemons' CPU seconds."""
         w = self.world
-        server = subprocess.Popen(["ip", "netns", "exec", w.ns["c2"], "iperf3", "-s", "-1", "-B", server_ip,
+        server = subprocess.Popen(["ip", "netns", "exec", w.ns[server_role], "iperf3", "-s", "-1", "-B", server_ip,
                                    "-p", str(IPERF_PORT)], stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)  # fmt: skip
         try:
@@ -105,6 +107,15 @@ class Bench:
         figures["rtt_ms"] = _stats(ping.get("rtt_ms") or [float("nan")])
         return figures
 
+    def measure_to_gateway(self, gateway_ip: str, daemons: list[int]) -> dict:
+        """TCP up and down between client 1 and the gateway host itself (one tunnel, not two)."""
+        samples: dict[str, list[float]] = {"gateway_tcp_up": [], "gateway_tcp_down": []}
+        for _ in range(self.runs):
+            for key, args in (("gateway_tcp_up", ()), ("gateway_tcp_down", ("-R",))):
+                r = self.iperf(gateway_ip, *args, daemons=daemons, server_role="gw")
+                samples[key].append(r["end"]["sum_received"]["bits_per_second"] / 1e6)
+        return {k: _stats(v) for k, v in samples.items()}
+
 
 def _stats(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
@@ -121,7 +132,7 @@ def run_gw(bench: Bench, offloads: bool) -> dict:
     addrs = {role: w.vpn_address(role) for role in ("c1", "c2")}
     daemons = [w.process(n)["pid"] for n in ("gateway", "alice", "bob")]
     try:
-        return bench.measure(addrs["c2"], daemons)
+        return bench.measure(addrs["c2"], daemons) | bench.measure_to_gateway("10.66.77.1", daemons)
     finally:
         for name in ("alice", "bob", "gateway"):
             w.stop(w.process(name))
@@ -166,7 +177,8 @@ def run_wireguard(bench: Bench) -> dict:
         for role in ("c1", "c2"):  # each client's handshake with the hub, before measuring
             if w.probe(role, "ping", WG_NET["gw"], 3).get("received") != 3:
                 raise LabError(f"wireguard-go: {role} cannot ping the hub")
-        return bench.measure(WG_NET["c2"], [r["pid"] for r in procs])
+        daemons = [r["pid"] for r in procs]
+        return bench.measure(WG_NET["c2"], daemons) | bench.measure_to_gateway(WG_NET["gw"], daemons)
     finally:
         for record in procs:
             w.stop(record)
@@ -181,7 +193,7 @@ def run_kernel(bench: Bench) -> dict:
     w.run("c1", "ip", "route", "add", "192.0.2.4/30", "via", GATEWAY_SIDE["c1"])
     w.run("c2", "ip", "route", "add", "192.0.2.0/30", "via", GATEWAY_SIDE["c2"])
     try:
-        return bench.measure(CLIENT_SIDE["c2"], [])
+        return bench.measure(CLIENT_SIDE["c2"], []) | bench.measure_to_gateway(GATEWAY_SIDE["c1"], [])
     finally:
         w.run("c1", "ip", "route", "del", "192.0.2.4/30")
         w.run("c2", "ip", "route", "del", "192.0.2.0/30")
@@ -227,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
             out(f"  TCP up {_fmt(r['tcp_up'], 'Mbit/s')}, down {_fmt(r['tcp_down'], 'Mbit/s')}, "
                 f"UDP 64 B {_fmt(r['udp64_pps'], 'packets/s')}, RTT {_fmt(r['rtt_ms'], 'ms', 3)}, "
                 f"daemon CPU {_fmt(r['cpu_s_per_gbit'], 's per Gbit', 2)}, "
-                f"TCP retransmits {_fmt(r['tcp_retransmits'], '')}")  # fmt: skip
+                f"TCP retransmits {_fmt(r['tcp_retransmits'], '')}; to the gateway host: TCP up "
+                f"{_fmt(r['gateway_tcp_up'], 'Mbit/s')}, down {_fmt(r['gateway_tcp_down'], 'Mbit/s')}")  # fmt: skip
     except LabError as e:
         print(f"bench.tunnel: {e}", file=sys.stderr)
         return 1
@@ -238,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     ok = True
     if gw and wg:
         for key, target in (("tcp_up", TARGET_TCP_RATIO), ("tcp_down", TARGET_TCP_RATIO),
-                            ("udp64_pps", TARGET_UDP_RATIO)):  # fmt: skip
+                            ("udp64_pps", TARGET_UDP_RATIO), ("gateway_tcp_up", TARGET_TCP_RATIO),
+                            ("gateway_tcp_down", TARGET_TCP_RATIO)):  # fmt: skip
             ratio = gw[key]["median"] / wg[key]["median"]
             figures[f"gw_over_wireguard_go_{key}"] = ratio
             ok &= ratio >= target

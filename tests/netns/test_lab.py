@@ -204,3 +204,17 @@ def test_gw_lab_keep_json_describes_the_lab_and_down_removes_it():
                    for pid in pids.values())  # fmt: skip
     again = _gw("lab", "--down", "--tag", tag)
     assert again.returncode == 1 and "no lab" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_the_prometheus_endpoint_serves_the_daemons_figures_on_loopback(world):
+    world.gateway_toml.write_text(world.gateway_toml.read_text().replace(
+        "[status]\n", '[metrics]\nlisten = "127.0.0.1:9108"\n[status]\n', 1))  # fmt: skip
+    vpn = world.start()
+    assert world.probe("c1", "ping", vpn["bob"], 3)["received"] == 3
+    time.sleep(1.2)  # the loop publishes the document every second
+    fetch = ("import urllib.request; "
+             "print(urllib.request.urlopen('http://127.0.0.1:9108/metrics', timeout=5).read().decode())")
+    text = world.run("gw", sys.executable, "-c", fetch).stdout
+    assert "gw_sessions 2.0" in text, text
+    assert 'gw_session_bytes_in_total{client="alice"}' in text and "gw_nat_mappings" in text
+    assert "gw_journal_ok 1.0" in text
