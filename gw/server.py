@@ -76,6 +76,7 @@ class Gateway:
             "from_host": 0,  # packets the host's kernel sent to clients
             "host_dropped": 0,  # for the host, but no host TUN (or its queue was full)
             "from_host_no_route": 0,  # from the host to a VPN address nobody holds
+            "from_host_not_local": 0,  # from the host's TUN with a source other than the gateway address
         }
         self.nat: Nat | None = None
         self.port = 0
@@ -196,10 +197,18 @@ class Gateway:
             self.host_tun = None
 
     def _from_host(self) -> None:
-        """Packets the host's kernel sends to VPN addresses (answers of its services): to their session."""
+        """Packets the host's kernel sends to VPN addresses (answers of its services): to their session.
+
+        Only packets from the gateway address: the TUN is the host's own port on the VPN, not a way into
+        it, so a packet the host would forward from elsewhere (ip_forward on) never reaches a client."""
         out: dict[GatewayConnection, list] = {}
+        gateway = self._gateway_addr
         for pkt in self.host_tun.read_batch(HOST_BATCH):
-            verdict, dest = self.router.route_to_client(pkt[V.VNET_HDR_LEN :])
+            ip = pkt[V.VNET_HDR_LEN :]
+            if len(ip) < 20 or P.get_u32(ip, P.IP_SRC)[0] != gateway:
+                self.counts["from_host_not_local"] += 1
+                continue
+            verdict, dest = self.router.route_to_client(ip)
             if verdict != Route.CLIENT:
                 self.counts["from_host_no_route"] += 1
                 continue

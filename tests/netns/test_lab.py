@@ -218,3 +218,25 @@ def test_the_prometheus_endpoint_serves_the_daemons_figures_on_loopback(world):
     assert "gw_sessions 2.0" in text, text
     assert 'gw_session_bytes_in_total{client="alice"}' in text and "gw_nat_mappings" in text
     assert "gw_journal_ok 1.0" in text
+
+
+def test_the_host_tun_is_no_way_into_the_vpn_even_when_the_host_forwards(world):
+    """The host TUN carries the host's own traffic only: with ip_forward on in the gateway namespace and
+    a route to the VPN on the internet host, what the kernel forwards into the TUN is dropped, counted."""
+    vpn = world.start()
+    try:
+        world.sysctl("gw", "net.ipv4.ip_forward=1")
+        world.run("inet", "ip", "route", "add", "10.66.77.0/24", "via", GATEWAY_HOST)
+        listener = subprocess.Popen(
+            ["ip", "netns", "exec", world.ns["c1"], sys.executable, "-m", "gw.lab.probes", "udp_listen",
+             json.dumps([vpn["alice"], 9999, 3.0])], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        )  # fmt: skip
+        time.sleep(0.5)
+        world.probe("inet", "spoofed_udp", INTERNET_HOST, vpn["alice"], 9999, "from outside")
+        world.probe("gw", "spoofed_udp", "10.66.77.1", vpn["alice"], 9999, "from the host")  # the control
+        got = json.loads(listener.communicate(timeout=10)[0])["received"]
+        assert [g["data"] for g in got] == ["from the host"], got
+        assert query(world.status_socket)["counts"]["from_host_not_local"] >= 1
+    except BaseException:
+        print(_logs(world))
+        raise
