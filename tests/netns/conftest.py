@@ -16,7 +16,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -53,15 +52,12 @@ def netns_list() -> set[str]:
 
 def require_netns() -> None:
     """Skip (fail when CI is set: CI runs as root and these tests must run there) without root or TUN."""
-    missing = []
-    if os.geteuid() != 0:
-        missing.append("root")
-    if not os.path.exists("/dev/net/tun"):
-        missing.append("/dev/net/tun")
-    if shutil.which("ip") is None:
-        missing.append("the ip command (iproute2)")
-    if missing:
-        msg = f"netns tests need {', '.join(missing)}"
+    from gw.lab.world import LabError, check_host
+
+    try:
+        check_host()
+    except LabError as e:
+        msg = f"netns tests: {e}"
         if os.environ.get("CI"):
             pytest.fail(f"{msg}, and CI is set: these tests must run in CI", pytrace=False)
         pytest.skip(msg)
