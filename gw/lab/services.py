@@ -25,7 +25,8 @@ import sys
 ZONE = "lab.example"
 RECORDS = {  # name -> IPv4 address
     "www.lab.example": "203.0.113.80",
-    "inet.lab.example": "198.51.100.254",
+    "inet.lab.example": "203.0.113.10",
+    "second.lab.example": "203.0.113.11",
     "gateway.lab.example": "198.51.100.1",
 }
 TTL_S = 60

@@ -2,13 +2,19 @@
 
 Theory of operation
 -------------------
-A lab is four network namespaces named ``gwlab-<tag>-<role>``: the gateway (``gw``), two clients
-(``c1``, ``c2``) and an "internet" host (``inet``). Each client has its own veth link to the gateway,
-the gateway one to the internet host::
+A lab is five network namespaces named ``gwlab-<tag>-<role>``: the gateway (``gw``), two clients
+(``c1``, ``c2``), an on-path router (``rtr``) and an "internet" host (``inet``). Each client has its own
+veth link to the gateway; the gateway reaches the internet through the router, whose link to the
+internet host has a small MTU (1280), as the kernel-NAT vectors' world does::
 
-    c1 uplink 192.0.2.2/30 ── c1 192.0.2.1/30 ┐
-                                               gw ── inet 198.51.100.2/24 ── uplink 198.51.100.254/24 inet
-    c2 uplink 192.0.2.6/30 ── c2 192.0.2.5/30 ┘                                (DNS server for lab.example)
+    c1 uplink 192.0.2.2/30 ─ c1 192.0.2.1/30 ┐
+                                              gw ext 198.51.100.2/24 ─ gw 198.51.100.254/24 rtr
+    c2 uplink 192.0.2.6/30 ─ c2 192.0.2.5/30 ┘                                             │ inet 203.0.113.1/24
+                                                                                             │ MTU 1280
+                                              inet uplink 203.0.113.10/24 (+ .11, .80): DNS server for lab.example
+
+The gateway host's default route goes through the router, as on any host; 198.51.100.1 is kept free
+for a public address the gateway's own NAT answers for (the raw external gateway).
 
 Every link is made from inside the lab's namespaces (``ip -n``), so the host's own network is never
 touched, and every packet the lab makes stays in them. The processes are the real ones: ``gw serve``
@@ -36,12 +42,17 @@ from pathlib import Path
 from gw.errors import GwError
 
 LAB_ROOT = Path("/run/gw-lab")  # where kept labs are found again by tag
-ROLES = ("gw", "c1", "c2", "inet")
+ROLES = ("gw", "c1", "c2", "rtr", "inet")
 CLIENTS = {"c1": "alice", "c2": "bob"}
 GATEWAY_SIDE = {"c1": "192.0.2.1", "c2": "192.0.2.5"}  # the gateway's end of each client link, /30
 CLIENT_SIDE = {"c1": "192.0.2.2", "c2": "192.0.2.6"}
 GATEWAY_HOST = "198.51.100.2"  # the gateway's own address on the internet link (its DNS proxy's source)
-INTERNET_HOST = "198.51.100.254"  # the internet host: the DNS server
+ROUTER = "198.51.100.254"  # the gateway's next hop: the on-path router
+ROUTER_FAR = "203.0.113.1"  # the router's side of the small-MTU link
+SMALL_MTU = 1280  # the router-to-internet link: PMTU discovery must work through the gateway
+INTERNET_HOST = "203.0.113.10"  # the internet host: DNS server, echo servers
+INTERNET_SECOND = "203.0.113.11"  # its second address (endpoint-independence checks)
+INTERNET_WWW = "203.0.113.80"  # www.lab.example
 TUNNEL_PORT = 8443
 ECHO_PORT = 7
 COMMAND_TIMEOUT_S = 10  # one ip command
@@ -132,15 +143,22 @@ class LabWorld:
             self._ip("-n", name, "link", "set", "lo", "up")
         for client in ("c1", "c2"):
             self._link("gw", client, GATEWAY_SIDE[client], client, "uplink", CLIENT_SIDE[client], 30)
-        self._link("gw", "inet", GATEWAY_HOST, "inet", "uplink", INTERNET_HOST, 24)
+        self._link("gw", "ext", GATEWAY_HOST, "rtr", "gw", ROUTER, 24)
+        self._link("rtr", "inet", ROUTER_FAR, "inet", "uplink", INTERNET_HOST, 24, mtu=SMALL_MTU)
+        for extra in (INTERNET_SECOND, INTERNET_WWW):
+            self._ip("-n", self.ns["inet"], "addr", "add", f"{extra}/24", "dev", "uplink")
+        self.sysctl("rtr", "net.ipv4.ip_forward=1")
+        self._ip("-n", self.ns["gw"], "route", "add", "default", "via", ROUTER)
+        self._ip("-n", self.ns["inet"], "route", "add", "default", "via", ROUTER_FAR)
         self._write_configs()
 
-    def _link(self, a: str, a_dev: str, a_addr: str, b: str, b_dev: str, b_addr: str, prefix: int) -> None:
+    def _link(self, a: str, a_dev: str, a_addr: str, b: str, b_dev: str, b_addr: str, prefix: int,
+              mtu: int = 1500) -> None:  # fmt: skip
         self._ip("-n", self.ns[a], "link", "add", a_dev, "type", "veth", "peer", "name", b_dev,
                  "netns", self.ns[b])  # fmt: skip
         for role, dev, addr in ((a, a_dev, a_addr), (b, b_dev, b_addr)):
             self._ip("-n", self.ns[role], "addr", "add", f"{addr}/{prefix}", "dev", dev)
-            self._ip("-n", self.ns[role], "link", "set", dev, "up")
+            self._ip("-n", self.ns[role], "link", "set", dev, "mtu", str(mtu), "up")
 
     def _write_configs(self) -> None:
         from gw.identity import new_identity
@@ -324,8 +342,9 @@ class LabWorld:
             "c2": [{"device": "uplink", "address": f"{CLIENT_SIDE['c2']}/30"}, {"device": "gw0", "vpn": True}],
             "gw": [{"device": "c1", "address": f"{GATEWAY_SIDE['c1']}/30"},
                    {"device": "c2", "address": f"{GATEWAY_SIDE['c2']}/30"},
-                   {"device": "inet", "address": f"{GATEWAY_HOST}/24"},
+                   {"device": "ext", "address": f"{GATEWAY_HOST}/24"},
                    {"device": "gw-host", "address": "10.66.77.1/24"}],
+            "rtr": [{"device": "gw", "address": f"{ROUTER}/24"}, {"device": "inet", "address": f"{ROUTER_FAR}/24"}],
             "inet": [{"device": "uplink", "address": f"{INTERNET_HOST}/24"}],
         }  # fmt: skip
         return {
@@ -343,8 +362,13 @@ class LabWorld:
             "gateway": {"config": str(self.gateway_toml), "journal": str(self.journal),
                         "status": f"gw status --socket {self.status_socket}",
                         "tunnel": [f"{GATEWAY_SIDE[r]}:{TUNNEL_PORT}" for r in CLIENTS]},  # fmt: skip
-            "internet": {"namespace": self.ns["inet"], "address": INTERNET_HOST, "dns": f"{INTERNET_HOST}:53",
-                         "zone": "lab.example"},  # fmt: skip
+            "external": {"namespace": self.ns["gw"], "interface": "ext", "address": GATEWAY_HOST,
+                         "next_hop": ROUTER},  # fmt: skip
+            "router": {"namespace": self.ns["rtr"], "addresses": [ROUTER, ROUTER_FAR],
+                       "small_mtu_link": {"device": "inet", "mtu": SMALL_MTU}},  # fmt: skip
+            "internet": {"namespace": self.ns["inet"], "interface": "uplink", "address": INTERNET_HOST,
+                         "addresses": [INTERNET_HOST, INTERNET_SECOND, INTERNET_WWW],
+                         "dns": f"{INTERNET_HOST}:53", "zone": "lab.example"},  # fmt: skip
             "clients": {name: {"namespace": self.ns[role], "config": str(self.client_toml(name))}
                         for role, name in CLIENTS.items()},  # fmt: skip
             "down": f"gw lab --down --tag {self.tag}",

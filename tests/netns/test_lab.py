@@ -78,9 +78,9 @@ def test_dns_through_the_proxy_over_udp_and_tcp_reaches_the_internet_server_from
 
 
 def test_the_proxy_is_no_open_resolver_and_an_upstream_that_never_answers_gets_the_client_servfail(world):
-    _set(world.gateway_toml, "dns", 'upstreams = ["198.51.100.254:5353"]\ntimeout_s = 0.3\nattempts = 2')
+    _set(world.gateway_toml, "dns", f'upstreams = ["{INTERNET_HOST}:5353"]\ntimeout_s = 0.3\nattempts = 2')
     world.gateway_toml.write_text(world.gateway_toml.read_text().replace(
-        'upstreams = ["198.51.100.254:53"]\n', "", 1))  # fmt: skip
+        f'upstreams = ["{INTERNET_HOST}:53"]\n', "", 1))  # fmt: skip
     world.start()
     try:
         t = time.monotonic()
@@ -187,10 +187,10 @@ def test_gw_lab_keep_json_describes_the_lab_and_down_removes_it():
         report = json.loads(kept.stdout)
         lab = report["lab"]
         names = {ns["name"] for ns in lab["namespaces"].values()}
-        assert names == {f"gwlab-{tag}-{r}" for r in ("gw", "c1", "c2", "inet")} and names <= netns_list()
+        assert names == {f"gwlab-{tag}-{r}" for r in ("gw", "c1", "c2", "rtr", "inet")} and names <= netns_list()
         assert lab["namespaces"]["c1"]["enter"] == f"ip netns exec gwlab-{tag}-c1 bash"
         devices = {d["device"] for d in lab["namespaces"]["gw"]["devices"]}
-        assert {"c1", "c2", "inet", "gw-host"} <= devices
+        assert {"c1", "c2", "ext", "gw-host"} <= devices
         pids = {p["name"]: p["pid"] for p in lab["processes"]}
         assert {"gateway", "alice", "bob", "dns"} <= set(pids)
         assert all(os.path.exists(f"/proc/{pid}") for pid in pids.values())
@@ -226,7 +226,7 @@ def test_the_host_tun_is_no_way_into_the_vpn_even_when_the_host_forwards(world):
     vpn = world.start()
     try:
         world.sysctl("gw", "net.ipv4.ip_forward=1")
-        world.run("inet", "ip", "route", "add", "10.66.77.0/24", "via", GATEWAY_HOST)
+        world.run("rtr", "ip", "route", "add", "10.66.77.0/24", "via", GATEWAY_HOST)
         listener = subprocess.Popen(
             ["ip", "netns", "exec", world.ns["c1"], sys.executable, "-m", "gw.lab.probes", "udp_listen",
              json.dumps([vpn["alice"], 9999, 3.0])], stdout=subprocess.PIPE, text=True, cwd=ROOT,
