@@ -170,6 +170,15 @@ class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     public: bool = False
 
 
+class ExternalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The ``[external]`` section: how translated packets reach the internet (``gw.external``)."""
+
+    # "socket": kernel sockets per mapping on [nat] external_addresses, which the host must own;
+    # "none": packets for the internet are translated and journaled, not sent
+    mode: Literal["none", "socket"] = "none"
+    max_sockets: int = 0  # socket mode: open sockets at most; 0: the open-file limit less a reserve
+
+
 class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A whole gateway.toml."""
 
@@ -181,6 +190,7 @@ class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     dns: DnsConfig = msgspec.field(default_factory=DnsConfig)
     status: StatusConfig = msgspec.field(default_factory=StatusConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    external: ExternalConfig = msgspec.field(default_factory=ExternalConfig)
 
 
 # ------------------------------------------------------------------------------------------ client.toml
@@ -490,6 +500,8 @@ def check_services(config: GatewayConfig, source: str = "gateway.toml") -> None:
     if not 1 <= dns.max_in_flight_per_client <= dns.max_in_flight:
         fail("[dns] max_in_flight_per_client", dns.max_in_flight_per_client,
              f"must be 1 to max_in_flight ({dns.max_in_flight})")  # fmt: skip
+    if config.external.max_sockets < 0:
+        fail("[external] max_sockets", config.external.max_sockets, "must be 0 (the open-file limit) or more")
     if not config.status.socket.startswith("/"):
         fail("[status] socket", config.status.socket, 'an absolute path, e.g. "/run/gw/gw.sock"')
     if metrics.listen:

@@ -1249,6 +1249,7 @@ class Nat:
         wall_offset: int = 0,
         compiled: bool = True,
         lazy: bool = False,
+        caller_ports: bool = False,
     ) -> Nat:
         """The table as the journal left it: a snapshot, then every later event through ``apply``.
 
@@ -1260,7 +1261,7 @@ class Nat:
         collector around this (a million new objects); the core leaves it alone.
         Raises: ValueError for a snapshot gw did not write (columns of unequal length or width).
         """
-        nat = cls(config, rng, compiled, vpn=vpn, wall_offset=wall_offset)
+        nat = cls(config, rng, compiled, vpn=vpn, wall_offset=wall_offset, caller_ports=caller_ports)
         if snapshot is not None:
             nat._load_snapshot(snapshot, compiled)
         for event in events:

@@ -16,9 +16,10 @@ A batch of packets from a session goes, packet by packet, through the router:
   (``gw.dns_endpoint``), everything else to the host's own TUN (``[vpn] host_device``), where the
   host's kernel answers it as for any interface: ssh, and DNS over TCP, which the proxy takes on a
   kernel socket bound to the gateway address;
-- to the NAT. The way from the NAT to the internet is the external gateway, the next step (issue 12):
-  until it exists, packets for the internet are translated, journaled and counted as
-  ``no_external``, not sent.
+- to the NAT, then out through the external gateway (``gw.external``; ``[external] mode``), or back
+  inside when the NAT hairpins it to another client's public endpoint. With mode "none", packets for
+  the internet are translated, journaled and counted as ``no_external``, not sent. Packets from the
+  internet come back through the external gateway, the NAT inbound and the router to their session.
 
 What the host's kernel sends into its TUN goes to the session holding the destination. A timer runs
 ``expire`` within its budget, drains the NAT's events to the writer, takes a snapshot every
@@ -41,6 +42,7 @@ from gw import vnet as V
 from gw.config import GatewayConfig
 from gw.dns_endpoint import DnsEndpoint, resolv_conf_upstreams
 from gw.errors import GwError
+from gw.external.socket import SocketGateway
 from gw.identity import load_identity
 from gw.nat import Nat
 from gw.offload import segment, translate_partial
@@ -50,9 +52,9 @@ from gw.status import Metrics, StatusServer
 from gw.transport import wire
 from gw.transport.endpoint import GatewayConnection, TunnelServer
 from gw.tun import TunDevice, TunError
-from gw.verdict import Route, name
+from gw.verdict import Drop, Route, Verdict, name
 from journal import recovery
-from journal.events import GatewayStarted, GatewayStopped
+from journal.events import GatewayStarted, GatewayStopped, MappingExpired
 from journal.writer import JournalWriter
 
 log = logging.getLogger("gw.server")
@@ -68,7 +70,8 @@ class Gateway:
         self.config = config
         self.identity = load_identity(config.tunnel.certificate, config.tunnel.key)
         self.counts = {
-            "no_external": 0,  # translated for the internet, not sent: no external gateway yet
+            "no_external": 0,  # translated for the internet, not sent: [external] mode = "none"
+            "tcp_refused": 0,  # TCP for the internet in socket mode (answered with an RST)
             "segmented": 0,  # super-packets cut for a session without offloads
             "unsegmentable": 0,  # super-packets no session without offloads could take (malformed)
             "echo_replies": 0,  # ICMP echo of the gateway address answered
@@ -87,6 +90,7 @@ class Gateway:
         self.tunnel: TunnelServer | None = None
         self.status_server: StatusServer | None = None
         self.writer: JournalWriter | None = None
+        self.external: SocketGateway | None = None
         self.started = time.time()
         self.journal_error = ""
 
@@ -115,12 +119,16 @@ class Gateway:
         wall_offset = time.time_ns() - now
         rec = recovery.load(cfg.journal.directory)
         gc.disable()  # a restore makes a million objects; the lazy one spreads them over seconds
+        socket_mode = cfg.external.mode == "socket"
         nat = self.nat = Nat.restore(cfg.nat, rec.snapshot, rec.events, vpn=cfg.vpn, wall_offset=wall_offset,
-                                     lazy=True)  # fmt: skip
+                                     lazy=True, caller_ports=socket_mode)  # fmt: skip
         if rec.last_seq:
             nat.resume(now, rec.down_since_ns or now + wall_offset)
         self.router = Router(cfg.vpn)
         self._gateway_addr = inet.aton(cfg.vpn.gateway_address)
+        if socket_mode:
+            self.external = SocketGateway(nat, cfg.external.max_sockets)
+            self.external.start(self._from_internet)
         self._open_host_tun()
         self.writer = JournalWriter(cfg.journal.directory, fsync=cfg.journal.fsync, on_error=self._journal_error)
         self.writer.start()
@@ -170,6 +178,8 @@ class Gateway:
             await asyncio.sleep(0.05)
         if self.dns is not None:
             self.dns.stop()
+        if self.external is not None:
+            self.external.stop()
         self._close_host_tun()
         if self.writer is not None:
             self.nat.record_event(GatewayStopped, self._now(), reason=reason)
@@ -270,11 +280,58 @@ class Gateway:
             elif verdict == Route.LOCAL:
                 self._local(conn, pkt, ip, vnet, now, out)
             elif verdict == Route.NAT:
-                partial = vnet and V.read_header(pkt)[0] & V.VNET_F_NEEDS_CSUM
-                nat_verdict = (translate_partial(self.nat.translate_outbound, ip, now) if partial
-                               else self.nat.translate_outbound(ip, now))  # fmt: skip
-                if nat_verdict == 0:
-                    self.counts["no_external"] += 1  # the external gateway is the next step (issue 12)
+                self._outbound(conn, pkt, ip, vnet, now, out)
+        self._send(out)
+
+    def _outbound(self, conn: GatewayConnection, pkt: memoryview, ip: memoryview, vnet: bool, now: int,
+                  out: dict) -> None:  # fmt: skip
+        """A packet for the internet: the NAT, then the external gateway (or back inside, hairpinned)."""
+        ext = self.external
+        if ext is not None and not ext.carries_tcp and ip[P.IP_PROTO] == P.PROTO_TCP:
+            self._refuse_tcp(conn, ip, out)
+            return
+        partial = vnet and V.read_header(pkt)[0] & V.VNET_F_NEEDS_CSUM
+        nat = self.nat
+        verdict = translate_partial(nat.translate_outbound, ip, now) if partial else nat.translate_outbound(ip, now)
+        if verdict == Verdict.NEEDS_MAPPING and ext is not None:
+            verdict = ext.new_mapping(ip, now)
+        if verdict == Verdict.FORWARD:
+            if ext is None:
+                self.counts["no_external"] += 1  # translated and journaled, not sent: [external] mode = "none"
+            else:
+                ext.send_outbound(ip, now)
+        elif verdict == Verdict.HAIRPIN:
+            dest_verdict, dest = self.router.route_to_client(ip)
+            if dest_verdict == Route.CLIENT:
+                self._queue(out, dest, pkt, vnet)
+        elif verdict == Drop.TTL_EXCEEDED:
+            answer = self.router.time_exceeded_to_client(ip, now)
+            if answer is not None:
+                self._queue(out, conn, answer, False)
+
+    def _refuse_tcp(self, conn: GatewayConnection, ip: memoryview, out: dict) -> None:
+        """TCP in socket mode (user-space TCP is a later step): a SYN gets an RST at once, so it fails fast."""
+        self.counts["tcp_refused"] += 1
+        l4 = (ip[0] & 15) * 4
+        if len(ip) < l4 + 20 or ip[l4 + 13] & (P.TCP_RST | P.TCP_SYN) != P.TCP_SYN:
+            return
+        src, dst = P.get_u32(ip, P.IP_SRC)[0], P.get_u32(ip, P.IP_DST)[0]
+        sport, dport = P.get_2u16(ip, l4)
+        seq = P.get_u32(ip, l4 + 4)[0]
+        rst = P.build_tcp(dst, src, dport, sport, flags=P.TCP_RST | P.TCP_ACK_FLAG, ack=(seq + 1) & 0xFFFFFFFF)
+        self._queue(out, conn, rst, False)
+
+    def _from_internet(self, packets: list[bytearray]) -> None:
+        """Packets from the internet (the external gateway): the NAT inbound, then their session."""
+        out: dict[GatewayConnection, list] = {}
+        now = self._now()
+        nat, route = self.nat, self.router.route_to_client
+        for pkt in packets:
+            if nat.translate_inbound(pkt, now) != Verdict.FORWARD:
+                continue
+            verdict, dest = route(pkt)
+            if verdict == Route.CLIENT:
+                self._queue(out, dest, pkt, False)
         self._send(out)
 
     def _queue(self, out: dict, dest: GatewayConnection, pkt: memoryview | bytes, vnet: bool) -> None:
@@ -353,6 +410,10 @@ class Gateway:
         nat = self.nat
         if nat is not None and nat.events:
             events, nat.events = nat.events, []
+            if self.external is not None:
+                for ev in events:
+                    if type(ev) is MappingExpired:
+                        self.external.mapping_ended(ev.proto, ev.ext_addr, ev.ext_port)
             self.writer.submit(events)
 
     def _journal_error(self, exc: Exception) -> None:
@@ -389,6 +450,7 @@ class Gateway:
             "drops": drops,
             "routes": {name(r): self.router.counts[r] for r in Route},
             "counts": dict(self.counts),
+            "external": {"mode": cfg.external.mode, **(self.external.counts if self.external else {})},
             "dns": self.dns.status() if self.dns is not None else {"enabled": False},
             "journal": {"directory": cfg.journal.directory, "last_seq": last_seq,
                         "durable_seq": writer.durable_seq, "lag_events": max(0, last_seq - writer.durable_seq),

@@ -15,7 +15,9 @@ import time
 from collections.abc import Callable
 
 from gw import inet
-from gw.lab.world import CLIENTS, ECHO_PORT, GATEWAY_HOST, LabError, LabWorld
+from gw.lab.world import CLIENTS, ECHO_PORT, GATEWAY_HOST, INTERNET_HOST, LabError, LabWorld
+from journal.holders import find_holders
+from journal.reader import Journal
 
 GATEWAY_VPN = "10.66.77.1"
 DNS_NAME, DNS_ADDRESS = "www.lab.example", "203.0.113.80"
@@ -50,6 +52,29 @@ def _checks(world: LabWorld, vpn: dict[str, str]) -> list[tuple[str, Callable[[]
         return ok, _detail(r, lambda: f"{TCP_ECHO_BYTES >> 20} MiB there and back, sha256 equal, "
                                       f"{r['mbit_s']:.0f} Mbit/s")  # fmt: skip
 
+    def internet_udp() -> tuple[bool, str]:
+        r = world.probe("c1", "udp_echo", INTERNET_HOST, ECHO_PORT, 10, 512)
+        return r.get("received") == 10, _detail(r, lambda: f"10/10 datagrams back through the NAT, rtt "
+                                                           f"{r['median_ms']} ms")  # fmt: skip
+
+    def internet_ping() -> tuple[bool, str]:
+        r = world.probe("c1", "ping", INTERNET_HOST, 3)
+        return r.get("received") == 3, _detail(r, lambda: f"3/3 replies, rtt {_median(r['rtt_ms'])} ms")
+
+    def audit() -> tuple[bool, str]:
+        """The abuse desk's question about the public endpoint the internet host saw last."""
+        seen = [ln.split()[-1] for ln in (world.dir / "internet.log").read_text().splitlines()
+                if ln.startswith("udp echo")]  # fmt: skip
+        if not seen:
+            return False, "the internet host saw no datagram"
+        addr, _, port = seen[-1].rpartition(":")
+        at = time.time_ns()
+        journal = Journal(world.journal)  # what gw-audit reads, in process: the same query and answer
+        holders = find_holders(journal, inet.aton(addr), int(port), 17, at)
+        clients = [h.record.client for h in holders]
+        return clients == ["alice"], (f"gw-audit {world.journal} who {seen[-1]}/udp --at {at / 1e9:.3f}: "
+                                      f"{', '.join(clients) or 'nobody'}")  # fmt: skip
+
     def status() -> tuple[bool, str]:
         from gw.status import query
 
@@ -68,6 +93,9 @@ def _checks(world: LabWorld, vpn: dict[str, str]) -> list[tuple[str, Callable[[]
         ("the internet's DNS server saw only the gateway", dns_source),
         ("alice -> bob UDP echo", udp),
         ("alice -> bob TCP echo", tcp),
+        (f"alice -> the internet host {INTERNET_HOST}, UDP echo", internet_udp),
+        (f"alice pings the internet host {INTERNET_HOST}", internet_ping),
+        ("the abuse desk asks who held the public endpoint the internet host saw", audit),
         ("gw status", status),
     ]
 

@@ -89,12 +89,14 @@ def _start_time(pid: int) -> int | None:
 class LabWorld:
     """One lab: ``build()``, ``start()``, then probes; ``down()`` removes everything it made."""
 
-    def __init__(self, tag: str = "lab", directory: Path | None = None, *, offloads: bool = True) -> None:
+    def __init__(self, tag: str = "lab", directory: Path | None = None, *, offloads: bool = True,
+                 external: str = "socket") -> None:  # fmt: skip
         if not tag or len(tag) > 20 or not all(c.isalnum() or c == "-" for c in tag):
             raise LabError(f"lab tag {tag!r}: use 1-20 letters, digits or '-'")
         self.tag = tag
         self.dir = Path(directory) if directory else LAB_ROOT / tag
         self.offloads = offloads
+        self.external = external  # the gateway's [external] mode
         self.ns = {role: f"gwlab-{tag}-{role}" for role in ROLES}
         self.made: list[str] = []  # namespaces made, in order
         self.procs: list[dict] = []  # role, name, pid, start, log, argv
@@ -148,6 +150,8 @@ class LabWorld:
         for extra in (INTERNET_SECOND, INTERNET_WWW):
             self._ip("-n", self.ns["inet"], "addr", "add", f"{extra}/24", "dev", "uplink")
         self.sysctl("rtr", "net.ipv4.ip_forward=1")
+        # ICMP datagram sockets for the socket external gateway's ping (this namespace only)
+        self.sysctl("gw", "net.ipv4.ping_group_range=0 2147483647")
         self._ip("-n", self.ns["gw"], "route", "add", "default", "via", ROUTER)
         self._ip("-n", self.ns["inet"], "route", "add", "default", "via", ROUTER_FAR)
         self._write_configs()
@@ -178,6 +182,8 @@ class LabWorld:
             f"keepalive_s = 2\ndead_after_s = 8\n"
             f'[journal]\ndirectory = "{self.journal}"\n'
             f'[dns]\nupstreams = ["{INTERNET_HOST}:53"]\n'
+            f'[external]\nmode = "{self.external}"\n'
+            f'[nat]\nexternal_addresses = ["{GATEWAY_HOST}"]\n'
             f'[status]\nsocket = "{self.status_socket}"\n' + clients
         )
         for role, name in CLIENTS.items():
@@ -185,6 +191,7 @@ class LabWorld:
             self.client_toml(name).write_text(
                 f"# gw lab {self.tag}: {name}\n"
                 f"offloads = {'true' if self.offloads else 'false'}\n"
+                'routes = ["0.0.0.0/0"]\n'  # the internet through the VPN
                 f'[gateway]\nendpoint = "{GATEWAY_SIDE[role]}:{TUNNEL_PORT}"\n'
                 f'fingerprint = "{gw_id.fingerprint}"\n'
                 f'[identity]\ncertificate = "{me.cert_path}"\nkey = "{me.key_path}"\n'
@@ -209,6 +216,9 @@ class LabWorld:
     def start(self, timeout_s: float = 15.0) -> dict[str, str]:
         """Servers, the gateway and both clients; returns each client's VPN address once it has one."""
         self.spawn("inet", "dns", "-m", "gw.lab.services", "--dns", f"{INTERNET_HOST}:53")
+        echoes = [f"--{kind}-echo={addr}:{ECHO_PORT}" for kind in ("udp", "tcp")
+                  for addr in (INTERNET_HOST, INTERNET_SECOND)]  # fmt: skip
+        self.spawn("inet", "internet", "-m", "gw.lab.services", *echoes)
         for role in CLIENTS:
             self.spawn(role, f"echo-{role}", "-m", "gw.lab.services",
                        "--udp-echo", f"0.0.0.0:{ECHO_PORT}", "--tcp-echo", f"0.0.0.0:{ECHO_PORT}")  # fmt: skip
