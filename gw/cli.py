@@ -12,7 +12,7 @@ from journal.errors import JournalError
 
 EPILOG = """\
 start here: gw lab (root) builds the whole VPN in throwaway network namespaces and shows it working.
-serve does not reach the internet yet (the external gateways are the next step).
+serve reaches the internet with [external] mode = "socket" (UDP and ping; the raw mode comes next).
 The journal tools are separate commands: gw-replay --help, gw-audit --help.
 """
 
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
             "answers ping and DNS (a proxy to [dns] upstreams) on its VPN address, gives the host its own\n"
             "port on the VPN (a TUN, [vpn] host_device), and journals every session and NAT event.\n"
             "Stops on SIGTERM or Ctrl-C (GatewayStopped journaled, the TUN removed). Needs root (a TUN\n"
-            "device) unless host_device = \"\". The way to the internet comes next."
+            "device) unless host_device = \"\". The internet: [external] mode = \"socket\" (UDP, ping)."
         ),
         epilog="example: gw serve -c /etc/gw/gateway.toml",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -93,11 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
         "lab",
         help="the whole VPN in throwaway network namespaces: build, exercise, report, remove",
         description=(
-            "Builds four network namespaces (the gateway, clients alice and bob, an 'internet' host\n"
-            "with a DNS server), runs the real gw serve and gw connect there as processes, and checks:\n"
-            "ping to the gateway and between clients, DNS through the gateway's proxy over UDP and TCP,\n"
-            "UDP and TCP between the clients, gw status. Prints what went through, then removes\n"
-            "everything it made (also on failure and Ctrl-C). No packet leaves the namespaces.\n"
+            "Builds five network namespaces (the gateway, clients alice and bob, a router, an 'internet'\n"
+            "host with DNS and echo servers), runs the real gw serve and gw connect there as processes,\n"
+            "and checks: ping to the gateway and between clients, DNS through the gateway's proxy over\n"
+            "UDP and TCP, UDP and TCP between the clients, UDP and ping to the internet host through the\n"
+            "NAT, who held the public port the internet host saw (from the journal), gw status. Prints\n"
+            "what went through, then removes everything it made (also on failure and Ctrl-C). No packet\n"
+            "leaves the namespaces.\n"
             "Needs root and /dev/net/tun. Exit status 0 when every check passed, 1 otherwise."
         ),
         epilog=(
