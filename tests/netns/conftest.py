@@ -135,3 +135,27 @@ def netns() -> Iterator[Netns]:
     require_netns()
     with Netns() as helper:
         yield helper
+
+
+def lab_tag() -> str:
+    """A lab tag no other lab of this process or another test run uses."""
+    return f"t{os.getpid() % 100000}x{next(_serial)}"
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[Any]:
+    """A built (not started) ``gw.lab.world.LabWorld`` of its own, taken down however the test ends; its
+    processes' logs are printed at the end (pytest shows them when the test fails)."""
+    from gw.lab.world import LabWorld
+
+    require_netns()
+    lab = LabWorld(lab_tag(), directory=tmp_path / "lab")
+    try:
+        lab.build()
+        yield lab
+    finally:
+        for record in lab.procs:
+            print(f"--- {record['name']} (pid {record['pid']})\n{lab.log_tail(record['name'], 30)}")
+        left = lab.down(remove_dir=False)
+        assert not left, f"the lab was not removed: {left}"
+

@@ -18,7 +18,6 @@ timeout) or ``world.spawn`` (ended by PID in ``world.down``).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import os
 import random
@@ -26,7 +25,6 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,7 +43,6 @@ C1_TUNNEL = GATEWAY_SIDE["c1"]  # the gateway's tunnel endpoint as c1 sees it
 WAIT_S = 5.0  # the longest a hostile script waits for one answer from the gateway
 CLOSED_WITHIN_S = 3.0  # a hostile connection must be answered and ended within this
 PROTOCOL_ERRORS = {Close.PROTOCOL.name, Close.TOO_LARGE.name, Close.UNEXPECTED.name}
-_serial = itertools.count()
 
 # run tests.netns.test_hostile.<name>(*json args) in a fresh interpreter; its result is the last line
 _CHILD = (
@@ -55,22 +52,6 @@ _CHILD = (
 
 
 # ---------------------------------------------------------------------------------------- the lab
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[LabWorld]:
-    """A built (not started) lab, taken down however the test ends; its logs are printed at the end
-    (pytest shows them when the test fails)."""
-    require_netns()
-    lab = LabWorld(f"h{os.getpid() % 10000}x{next(_serial)}", directory=tmp_path / "lab")
-    try:
-        lab.build()
-        yield lab
-    finally:
-        for record in lab.procs:
-            print(f"--- {record['name']} (pid {record['pid']})\n{lab.log_tail(record['name'], 30)}")
-        left = lab.down(remove_dir=False)
-        assert not left, f"the lab was not removed: {left}"
 
 
 def add_client(world: LabWorld, name: str) -> identity.Identity:

@@ -4,7 +4,6 @@ each datagram came from, which the journal must attribute to the right client.""
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 
@@ -15,21 +14,8 @@ from gw.lab.world import ECHO_PORT, GATEWAY_HOST, INTERNET_HOST, INTERNET_SECOND
 from gw.status import query
 from journal.holders import find_holders
 from journal.reader import Journal
-from tests.netns.conftest import require_netns
 
 pytestmark = pytest.mark.netns
-_serial = iter(range(1000))
-
-
-@pytest.fixture
-def world(tmp_path):
-    require_netns()
-    w = LabWorld(f"i{os.getpid() % 100000}x{next(_serial)}", directory=tmp_path / "lab")
-    try:
-        w.build()
-        yield w
-    finally:
-        assert not w.down(remove_dir=False)
 
 
 def _seen(world: LabWorld) -> list[str]:

@@ -17,26 +17,9 @@ from gw.lab.world import GATEWAY_HOST, INTERNET_HOST, LabWorld
 from gw.status import query
 from journal import recovery
 from journal.events import GatewayStopped
-from tests.netns.conftest import ROOT, netns_list, require_netns
+from tests.netns.conftest import ROOT, lab_tag, netns_list, require_netns
 
 pytestmark = pytest.mark.netns
-_serial = iter(range(1000))
-
-
-def _tag() -> str:
-    return f"t{os.getpid() % 100000}x{next(_serial)}"
-
-
-@pytest.fixture
-def world(tmp_path):
-    require_netns()
-    w = LabWorld(_tag(), directory=tmp_path / "lab")
-    try:
-        w.build()
-        yield w
-    finally:
-        left = w.down(remove_dir=False)
-        assert not left, left
 
 
 def _logs(w: LabWorld) -> str:
@@ -169,7 +152,7 @@ def _gw(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 def test_gw_lab_runs_every_check_and_leaves_nothing_behind():
     require_netns()
-    tag = _tag()
+    tag = lab_tag()
     before = netns_list()
     done = _gw("lab", "--tag", tag, "--json")
     report = json.loads(done.stdout)
@@ -180,7 +163,7 @@ def test_gw_lab_runs_every_check_and_leaves_nothing_behind():
 
 def test_gw_lab_keep_json_describes_the_lab_and_down_removes_it():
     require_netns()
-    tag = _tag()
+    tag = lab_tag()
     kept = _gw("lab", "--tag", tag, "--keep", "--json")
     try:
         report = json.loads(kept.stdout)
