@@ -383,8 +383,10 @@ class Gateway:
             return
         pkt = P.build_udp(self._gateway_addr, client, 53, port, payload)
         mtu = self.config.tunnel.mtu
-        packets = [pkt] if len(pkt) <= mtu else P.fragment(pkt, mtu)
-        conn.send_packets([V.NO_OFFLOAD + bytes(p) for p in packets] if conn.vnet else packets, conn.vnet)
+        out: dict[GatewayConnection, list] = {}
+        for piece in [pkt] if len(pkt) <= mtu else P.fragment(pkt, mtu):
+            self._queue(out, conn, piece, False)
+        self._send(out)
 
     # -- time
     async def _timer(self, stop: asyncio.Event) -> None:

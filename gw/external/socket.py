@@ -95,7 +95,7 @@ class SocketGateway:
         if isinstance(made, int):
             sock.close()
             return made
-        self._register(proto, ext_port, sock)
+        self._register(proto, ext_addr, ext_port, sock)
         return self.nat.translate_outbound(pkt, now)
 
     def send_outbound(self, pkt: bytearray | memoryview, now: int) -> None:
@@ -165,18 +165,16 @@ class SocketGateway:
         """A mapping restored after a restart: its port again (free: the old process is gone)."""
         sock = self._bind(proto, ext_addr, ext_port)
         if sock is not None:
-            self._register(proto, ext_port, sock)
+            self._register(proto, ext_addr, ext_port, sock)
         return sock
 
-    def _register(self, proto: int, ext_port: int, sock: socket.socket) -> None:
+    def _register(self, proto: int, ext_addr: int, ext_port: int, sock: socket.socket) -> None:
         self._socks[(proto, ext_port)] = sock
         self.counts["sockets"] = len(self._socks)
-        asyncio.get_running_loop().add_reader(sock.fileno(), self._readable, proto, sock)
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._readable, proto, ext_addr, ext_port, sock)
 
-    def _readable(self, proto: int, sock: socket.socket) -> None:
+    def _readable(self, proto: int, ext: int, ext_port: int, sock: socket.socket) -> None:
         """Datagrams for one mapping: rebuilt as the packets the remote sent, for the NAT (one batch)."""
-        ext_addr, ext_port = sock.getsockname()
-        ext = inet.aton(ext_addr)
         batch = []
         for _ in range(RECV_BATCH):
             try:

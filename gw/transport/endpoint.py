@@ -87,7 +87,6 @@ class _Stream(asyncio.BufferedProtocol):
         self._last_rx = self._last_tx = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
         self.max_buffered = MAX_BUFFERED
-        self.writing_paused = False
 
     # -- asyncio
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -123,11 +122,9 @@ class _Stream(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         """The transport's buffer passed its high-water mark: the feeder should stop (``on_writable``)."""
-        self.writing_paused = True
         self.on_writable(False)
 
     def resume_writing(self) -> None:
-        self.writing_paused = False
         self.on_writable(True)
 
     def on_writable(self, writable: bool) -> None:  # overridden by the client: pause reading its TUN
@@ -147,7 +144,7 @@ class _Stream(asyncio.BufferedProtocol):
         if ftype == wire.PACKETS and self.established:
             packets = wire.split_packets(payload, count, bool(flags & wire.VNET))
             self.packets_in += count
-            self.bytes_in += len(payload)
+            self.bytes_in += wire.HEADER_LEN + len(payload)  # frame bytes, as bytes_out counts them
             self.on_packets(packets, bool(flags & wire.VNET))
             return
         if ftype == wire.CLOSE:
@@ -297,7 +294,12 @@ class TunnelServer:
         self._tls_tasks: set[asyncio.Task] = set()
 
     async def start(self, host: str, port: int) -> int:
-        """Listen; returns the port (0 picks a free one). Raises OSError (address in use...)."""
+        """Listen; returns the port (0 picks a free one). Raises OSError (address in use...).
+
+        Why not ``create_server(ssl=...)``: its protocol sees a connection only after the TLS handshake,
+        so connections that never finish one go uncounted and hold a descriptor each until the timeout.
+        Why not ``start_tls`` over a plain server's transport: uvloop starts reading right after
+        ``connection_made`` and can hand the ClientHello to the plain protocol before TLS takes over."""
         sock = socket.create_server((host, port), backlog=LISTEN_BACKLOG)
         sock.setblocking(False)
         self._listener = sock

@@ -5,6 +5,7 @@ each datagram came from, which the journal must attribute to the right client.""
 from __future__ import annotations
 
 import signal
+import sys
 import time
 
 import pytest
@@ -52,7 +53,7 @@ def test_the_mapping_is_endpoint_independent_one_public_port_toward_two_destinat
     code = ("import socket, json; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3); "
             f"got = []\nfor dst in ({INTERNET_HOST!r}, {INTERNET_SECOND!r}):\n"
             f"    s.sendto(b'x' * 50, (dst, {ECHO_PORT})); got.append(s.recvfrom(100)[1][0])\nprint(json.dumps(got))")
-    out = world.run("c1", "python3", "-c", code).stdout
+    out = world.run("c1", sys.executable, "-c", code).stdout
     assert INTERNET_HOST in out and INTERNET_SECOND in out
     seen = _seen(world)
     assert len(seen) == 2 and seen[0] == seen[1]  # RFC 4787 REQ-1: the same external endpoint for both
@@ -63,7 +64,7 @@ def test_tcp_in_socket_mode_fails_fast_with_a_reset(world):
     t = time.monotonic()
     code = (f"import socket\ntry:\n    socket.create_connection(({INTERNET_HOST!r}, {ECHO_PORT}), timeout=5)\n"
             "except ConnectionRefusedError:\n    print('refused')")
-    assert world.run("c1", "python3", "-c", code).stdout.strip() == "refused"
+    assert world.run("c1", sys.executable, "-c", code).stdout.strip() == "refused"
     assert time.monotonic() - t < 3
     assert query(world.status_socket)["counts"]["tcp_refused"] >= 1
 
@@ -75,7 +76,7 @@ def test_after_a_gateway_restart_a_flow_goes_on_from_the_same_public_port(world)
             f"    s.sendto(b'%d' % i, ({INTERNET_HOST!r}, {ECHO_PORT}))\n"
             "    try:\n        s.recv(100); ok += 1\n    except TimeoutError:\n        pass\n"
             "    time.sleep(0.25)\nprint(ok)")
-    flow = world.spawn_command("c1", "flow", "python3", "-c", code)
+    flow = world.spawn_command("c1", "flow", sys.executable, "-c", code)
     time.sleep(2)
     world.stop(world.process("gateway"), signal.SIGKILL)
     world.start_gateway()
