@@ -15,6 +15,7 @@ import msgspec
 
 from gw import inet
 from gw.errors import ConfigError
+from gw.external.link import parse_mac
 
 Filtering = Literal["endpoint-independent", "address-dependent", "address-and-port-dependent"]
 
@@ -173,10 +174,15 @@ class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class ExternalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The ``[external]`` section: how translated packets reach the internet (``gw.external``)."""
 
+    # "raw": whole packets through an AF_PACKET socket on `interface`, for [nat] external_addresses
+    #   that the host's kernel does NOT own (the gateway answers ARP for them itself);
     # "socket": kernel sockets per mapping on [nat] external_addresses, which the host must own;
     # "none": packets for the internet are translated and journaled, not sent
-    mode: Literal["none", "socket"] = "none"
+    mode: Literal["none", "socket", "raw"] = "none"
     max_sockets: int = 0  # socket mode: open sockets at most; 0: the open-file limit less a reserve
+    interface: str = ""  # raw mode: the external interface, e.g. "eth0"
+    next_hop: str = ""  # raw mode: the router's address; "": the gateway of the interface's default route
+    mac: str = ""  # raw mode: the MAC the public addresses answer with; "": 02:67:77 + their low 3 bytes
 
 
 class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -500,8 +506,23 @@ def check_services(config: GatewayConfig, source: str = "gateway.toml") -> None:
     if not 1 <= dns.max_in_flight_per_client <= dns.max_in_flight:
         fail("[dns] max_in_flight_per_client", dns.max_in_flight_per_client,
              f"must be 1 to max_in_flight ({dns.max_in_flight})")  # fmt: skip
-    if config.external.max_sockets < 0:
-        fail("[external] max_sockets", config.external.max_sockets, "must be 0 (the open-file limit) or more")
+    ext = config.external
+    if ext.max_sockets < 0:
+        fail("[external] max_sockets", ext.max_sockets, "must be 0 (the open-file limit) or more")
+    if ext.mode == "raw" and not ext.interface:
+        fail("[external] interface", ext.interface, 'raw mode sends through an interface: name it, e.g. "eth0"')
+    if ext.next_hop:
+        try:
+            inet.aton(ext.next_hop)
+        except (OSError, ValueError):
+            fail("[external] next_hop", ext.next_hop, 'not an IPv4 address (write e.g. "198.51.100.254")')
+    if ext.mac:
+        try:
+            mac = parse_mac(ext.mac)
+        except ValueError:
+            fail("[external] mac", ext.mac, 'write six hex pairs, e.g. "02:67:77:33:64:01"')
+        if mac[0] & 1:
+            fail("[external] mac", ext.mac, "a multicast address: the first byte must be even")
     if not config.status.socket.startswith("/"):
         fail("[status] socket", config.status.socket, 'an absolute path, e.g. "/run/gw/gw.sock"')
     if metrics.listen:

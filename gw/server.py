@@ -42,6 +42,7 @@ from gw import vnet as V
 from gw.config import GatewayConfig
 from gw.dns_endpoint import DnsEndpoint, resolv_conf_upstreams
 from gw.errors import GwError
+from gw.external.raw import RawGateway
 from gw.external.socket import SocketGateway
 from gw.identity import load_identity
 from gw.nat import Nat
@@ -90,7 +91,7 @@ class Gateway:
         self.tunnel: TunnelServer | None = None
         self.status_server: StatusServer | None = None
         self.writer: JournalWriter | None = None
-        self.external: SocketGateway | None = None
+        self.external: SocketGateway | RawGateway | None = None
         self.started = time.time()
         self.journal_error = ""
 
@@ -126,8 +127,12 @@ class Gateway:
             nat.resume(now, rec.down_since_ns or now + wall_offset)
         self.router = Router(cfg.vpn)
         self._gateway_addr = inet.aton(cfg.vpn.gateway_address)
+        ext = cfg.external
         if socket_mode:
-            self.external = SocketGateway(nat, cfg.external.max_sockets)
+            self.external = SocketGateway(nat, ext.max_sockets)
+        elif ext.mode == "raw":
+            self.external = RawGateway(nat, ext.interface, ext.next_hop, ext.mac)
+        if self.external is not None:
             self.external.start(self._from_internet)
         self._open_host_tun()
         self.writer = JournalWriter(cfg.journal.directory, fsync=cfg.journal.fsync, on_error=self._journal_error)
@@ -299,7 +304,7 @@ class Gateway:
             if ext is None:
                 self.counts["no_external"] += 1  # translated and journaled, not sent: [external] mode = "none"
             else:
-                ext.send_outbound(ip, now)
+                ext.send_outbound(pkt, now, vnet)
         elif verdict == Verdict.HAIRPIN:
             dest_verdict, dest = self.router.route_to_client(ip)
             if dest_verdict == Route.CLIENT:
@@ -322,16 +327,23 @@ class Gateway:
         self._queue(out, conn, rst, False)
 
     def _from_internet(self, packets: list[bytearray]) -> None:
-        """Packets from the internet (the external gateway): the NAT inbound, then their session."""
+        """Packets from the internet (the external gateway): the NAT inbound, then their session. They
+        start with a virtio-net header when the gateway has them (raw: super-packets, partial checksums)."""
         out: dict[GatewayConnection, list] = {}
         now = self._now()
         nat, route = self.nat, self.router.route_to_client
+        vnet = self.external.vnet
         for pkt in packets:
-            if nat.translate_inbound(pkt, now) != Verdict.FORWARD:
+            ip = memoryview(pkt)[V.VNET_HDR_LEN :] if vnet else pkt
+            if vnet and pkt[0] & V.VNET_F_NEEDS_CSUM:
+                verdict = translate_partial(nat.translate_inbound, ip, now)
+            else:
+                verdict = nat.translate_inbound(ip, now)
+            if verdict != Verdict.FORWARD:
                 continue
-            verdict, dest = route(pkt)
+            verdict, dest = route(ip)
             if verdict == Route.CLIENT:
-                self._queue(out, dest, pkt, False)
+                self._queue(out, dest, pkt, vnet)
         self._send(out)
 
     def _queue(self, out: dict, dest: GatewayConnection, pkt: memoryview | bytes, vnet: bool) -> None:
@@ -395,6 +407,8 @@ class Gateway:
             await asyncio.sleep(TICK_S)
             now = self._now()
             self.nat.expire(now)
+            if self.external is not None:
+                self.external.tick(now)
             if self.dns is not None:
                 self.dns.tick(now)
             self._drain()
@@ -452,7 +466,8 @@ class Gateway:
             "drops": drops,
             "routes": {name(r): self.router.counts[r] for r in Route},
             "counts": dict(self.counts),
-            "external": {"mode": cfg.external.mode, **(self.external.counts if self.external else {})},
+            "external": {"mode": cfg.external.mode, **(self.external.describe() if self.external else {}),
+                         **(self.external.counts if self.external else {})},
             "dns": self.dns.status() if self.dns is not None else {"enabled": False},
             "journal": {"directory": cfg.journal.directory, "last_seq": last_seq,
                         "durable_seq": writer.durable_seq, "lag_events": max(0, last_seq - writer.durable_seq),

@@ -46,7 +46,8 @@ ROLES = ("gw", "c1", "c2", "rtr", "inet")
 CLIENTS = {"c1": "alice", "c2": "bob"}
 GATEWAY_SIDE = {"c1": "192.0.2.1", "c2": "192.0.2.5"}  # the gateway's end of each client link, /30
 CLIENT_SIDE = {"c1": "192.0.2.2", "c2": "192.0.2.6"}
-GATEWAY_HOST = "198.51.100.2"  # the gateway's own address on the internet link (its DNS proxy's source)
+GATEWAY_HOST = "198.51.100.2"  # the gateway host's own address on the internet link (its DNS proxy's source)
+RAW_PUBLIC = "198.51.100.1"  # the raw external gateway's public address: the host's kernel does not own it
 ROUTER = "198.51.100.254"  # the gateway's next hop: the on-path router
 ROUTER_FAR = "203.0.113.1"  # the router's side of the small-MTU link
 SMALL_MTU = 1280  # the router-to-internet link: PMTU discovery must work through the gateway
@@ -96,7 +97,11 @@ class LabWorld:
         self.tag = tag
         self.dir = Path(directory) if directory else LAB_ROOT / tag
         self.offloads = offloads
+        if external not in ("raw", "socket"):
+            raise LabError(f"external mode {external!r}: use raw or socket")
         self.external = external  # the gateway's [external] mode
+        # the NAT's public address: its own on the link (raw), or the host's (socket)
+        self.public = RAW_PUBLIC if external == "raw" else GATEWAY_HOST
         self.ns = {role: f"gwlab-{tag}-{role}" for role in ROLES}
         self.made: list[str] = []  # namespaces made, in order
         self.procs: list[dict] = []  # role, name, pid, start, log, argv
@@ -183,7 +188,8 @@ class LabWorld:
             f'[journal]\ndirectory = "{self.journal}"\n'
             f'[dns]\nupstreams = ["{INTERNET_HOST}:53"]\n'
             f'[external]\nmode = "{self.external}"\n'
-            f'[nat]\nexternal_addresses = ["{GATEWAY_HOST}"]\n'
+            + ('interface = "ext"\n' if self.external == "raw" else "")
+            + f'[nat]\nexternal_addresses = ["{self.public}"]\n'
             f'[status]\nsocket = "{self.status_socket}"\n' + clients
         )
         for role, name in CLIENTS.items():
@@ -372,7 +378,8 @@ class LabWorld:
             "gateway": {"config": str(self.gateway_toml), "journal": str(self.journal),
                         "status": f"gw status --socket {self.status_socket}",
                         "tunnel": [f"{GATEWAY_SIDE[r]}:{TUNNEL_PORT}" for r in CLIENTS]},  # fmt: skip
-            "external": {"namespace": self.ns["gw"], "interface": "ext", "address": GATEWAY_HOST,
+            "external": {"namespace": self.ns["gw"], "interface": "ext", "mode": self.external,
+                         "public_addresses": [self.public], "host_address": GATEWAY_HOST,
                          "next_hop": ROUTER},  # fmt: skip
             "router": {"namespace": self.ns["rtr"], "addresses": [ROUTER, ROUTER_FAR],
                        "small_mtu_link": {"device": "inet", "mtu": SMALL_MTU}},  # fmt: skip

@@ -144,12 +144,22 @@ def lab_tag() -> str:
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[Any]:
-    """A built (not started) ``gw.lab.world.LabWorld`` of its own, taken down however the test ends; its
-    processes' logs are printed at the end (pytest shows them when the test fails)."""
+    """A built (not started) ``gw.lab.world.LabWorld`` of its own, the gateway in socket mode, taken down
+    however the test ends; its processes' logs are printed at the end (pytest shows them on failure)."""
+    yield from _world(tmp_path, "socket")
+
+
+@pytest.fixture
+def raw_world(tmp_path: Path) -> Iterator[Any]:
+    """As ``world``, the gateway in raw mode (its own public address 198.51.100.1 on the link)."""
+    yield from _world(tmp_path, "raw")
+
+
+def _world(tmp_path: Path, external: str) -> Iterator[Any]:
     from gw.lab.world import LabWorld
 
     require_netns()
-    lab = LabWorld(lab_tag(), directory=tmp_path / "lab")
+    lab = LabWorld(lab_tag(), directory=tmp_path / "lab", external=external)
     try:
         lab.build()
         yield lab
