@@ -1,4 +1,5 @@
-"""What the lab (and the end-to-end tests) do inside a namespace: ping, a DNS lookup, echoes, a spoof.
+"""What the lab (and the end-to-end tests) do inside a namespace: ping, a DNS lookup, echoes, a spoof,
+an HTTP download.
 
 ``python -m gw.lab.probes NAME JSON-ARGS`` runs one probe in the namespace it was started in and prints
 its result as one JSON object; ``LabWorld.probe`` starts it with ``ip netns exec``. Every probe bounds
@@ -22,6 +23,10 @@ from gw import inet
 from gw.packet import build_udp
 
 WAIT_S = 3.0  # the longest a probe waits for one answer
+HTTP_TIMEOUT_S = 20.0  # one whole download: below the lab's 30 s per probe, so the probe reports it itself
+MAX_HTTP_HEAD = 16384  # the lab's server sends a response head of about 120 bytes
+MAX_HTTP_BODY = 1 << 30  # the lab's server sends at most 1 GiB (services.MAX_HTTP_BYTES)
+HTTP_RECV = 1 << 20  # one recv_into: loopback hands over up to a few hundred KiB at a time
 
 
 def ping(dst: str, count: int = 3) -> dict:
@@ -126,6 +131,86 @@ def tcp_echo(dst: str, port: int, size: int) -> dict:
     return {"bytes": got, "same": sent.digest() == back.digest(), "mbit_s": round(2 * size * 8 / seconds / 1e6, 1)}
 
 
+def http_get(host: str, port: int, path: str, timeout: float = HTTP_TIMEOUT_S) -> dict:
+    """HTTP/1.1 GET ``http://host:port/path``: the status, the body's length and sha256 (hashed as it
+    arrives, never held), the time from connecting to the last byte, and the rate.
+
+    The body is read to its Content-Length (or, without one, to the server's close); at most
+    ``MAX_HTTP_BODY`` bytes and ``timeout`` seconds in all, else an error. Chunked bodies are refused.
+    """
+    if not path.startswith("/") or any(c <= " " or c > "~" for c in path):
+        raise ValueError(f"path {path!r}: must start with / and be printable ASCII without spaces")
+    deadline = time.monotonic() + timeout
+    buf = memoryview(bytearray(HTTP_RECV))
+    digest = hashlib.sha256()
+    t = time.monotonic()
+    with socket.create_connection((host, port), timeout=min(WAIT_S, timeout)) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
+        head = bytearray()
+        while (end := head.find(b"\r\n\r\n")) < 0:
+            if len(head) > MAX_HTTP_HEAD:
+                raise ValueError(f"no end of the response head in {MAX_HTTP_HEAD} bytes")
+            n = _recv_into(s, buf, deadline)
+            if not n:
+                raise ConnectionError(f"closed after {len(head)} bytes of the response head")
+            head += buf[:n]
+        status, length = _http_head(bytes(head[:end]))
+        early = bytes(head[end + 4 :] if length is None else head[end + 4 : end + 4 + length])  # read with the head
+        digest.update(early)
+        got = len(early)
+        while length is None or got < length:
+            n = _recv_into(s, buf if length is None else buf[: min(HTTP_RECV, length - got)], deadline)
+            if not n:
+                if length is None:
+                    break
+                raise ConnectionError(f"closed after {got} of {length} body bytes")
+            digest.update(buf[:n])
+            got += n
+            if got > MAX_HTTP_BODY:
+                raise ValueError(f"body over {MAX_HTTP_BODY} bytes")
+    seconds = max(time.monotonic() - t, 1e-6)
+    return {"status": status, "bytes": got, "sha256": digest.hexdigest(), "seconds": round(seconds, 3),
+            "mbit_s": round(got * 8 / seconds / 1e6, 1)}  # fmt: skip
+
+
+def _recv_into(s: socket.socket, view: memoryview, deadline: float) -> int:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the download ran out of time")
+    s.settimeout(left)
+    try:
+        return s.recv_into(view)
+    except TimeoutError:
+        raise TimeoutError("the download ran out of time") from None
+
+
+def _http_head(head: bytes) -> tuple[int, int | None]:
+    """A response head's status and Content-Length (None: read to the close)."""
+    lines = head.decode("latin-1").split("\r\n")
+    version, _, rest = lines[0].partition(" ")
+    code = rest[:3]
+    if not version.startswith("HTTP/1.") or not code.isdigit() or rest[3:4] not in ("", " "):
+        raise ValueError(f"not an HTTP/1 status line: {lines[0][:100]!r}")
+    lengths = set()
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        name, value = name.strip().lower(), value.strip()
+        if not colon:
+            raise ValueError(f"not a header line: {line[:100]!r}")
+        if name == "transfer-encoding":
+            raise ValueError(f"Transfer-Encoding {value[:40]!r} is not supported")
+        if name == "content-length":
+            if not value.isdigit() or len(value) > 12:
+                raise ValueError(f"Content-Length {value[:40]!r}")
+            lengths.add(int(value))
+    if len(lengths) > 1:
+        raise ValueError(f"conflicting Content-Length headers: {sorted(lengths)}")
+    length = lengths.pop() if lengths else None
+    if length is not None and length > MAX_HTTP_BODY:
+        raise ValueError(f"Content-Length {length} over {MAX_HTTP_BODY}")
+    return int(code), length
+
+
 def spoofed_udp(src: str, dst: str, port: int, payload: str) -> dict:
     """A UDP datagram with a forged source address, sent through a raw socket (IP_HDRINCL)."""
     pkt = build_udp(inet.aton(src), inet.aton(dst), 40000, port, payload.encode())
@@ -150,7 +235,7 @@ def udp_listen(addr: str, port: int, seconds: float) -> dict:
     return {"received": got}
 
 
-PROBES = {f.__name__: f for f in (ping, dns, udp_echo, tcp_echo, spoofed_udp, udp_listen)}
+PROBES = {f.__name__: f for f in (ping, dns, udp_echo, tcp_echo, http_get, spoofed_udp, udp_listen)}
 
 
 def main(argv: list[str]) -> int:

@@ -1,9 +1,11 @@
-"""The lab's servers: a small authoritative DNS server, UDP and TCP echo. ``python -m gw.lab.services``.
+"""The lab's servers: a small authoritative DNS server, UDP and TCP echo, an HTTP server.
+``python -m gw.lab.services``.
 
-They stand in for the internet (the DNS server the gateway's proxy forwards to) and for applications
-on the clients (the echo servers the other client talks to). Each is a plain asyncio server bound to
-the addresses given on the command line, inside a lab namespace; nothing here sends a packet that was
-not an answer to one it received. Every request is logged to stdout, one line each, so the lab can show
+They stand in for the internet (the DNS server the gateway's proxy forwards to, a web server to
+download from) and for applications on the clients (the echo servers the other client talks to).
+Each is a plain asyncio server bound to the addresses given on the command line, inside a lab
+namespace; nothing here sends a packet that was not an answer to one it received. Every request is
+logged to stdout, one line each (an HTTP download a second line when it ends), so the lab can show
 who really asked (the DNS server sees the gateway's address, never a client's).
 
 The DNS server is authoritative for ``lab.example.`` (``ZONE``): A queries for its names get their
@@ -11,16 +13,28 @@ address, other types NODATA, unknown names NXDOMAIN, and names outside the zone 
 TCP (RFC 1035 4.2.2: a two-byte length before each message). ``big.lab.example`` has ``BIG_COUNT`` A
 records, more than a 512-byte datagram holds: over UDP it is answered truncated (TC, no records), so
 a resolver must ask again over TCP.
+
+The HTTP server answers HTTP/1.1 ``GET /bytes/N`` with 200 and exactly N bytes (N up to
+``MAX_HTTP_BYTES``, else 400) with a Content-Length; any other path is 404, any other method 405,
+and a request it cannot read 400. It answers one request per connection and says so
+(``Connection: close``). The body is a fixed pattern, so that a download can be checked by its
+sha256 without the server: ``HTTP_BLOCK`` (64 KiB) is the SHA-256 counter-mode stream
+``sha256(HTTP_SEED + i.to_bytes(4, "big"))`` for i = 0 .. 2047, concatenated, and the body of
+``/bytes/N`` is ``HTTP_BLOCK`` repeated and cut after N bytes. ``http_body_sha256(n)`` is the
+expected digest, computed without a network (the tests' oracle).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import re
 import signal
 import socket
 import struct
 import sys
+from collections.abc import Iterator, Sequence
 
 ZONE = "lab.example"
 RECORDS = {  # name -> IPv4 address
@@ -33,6 +47,14 @@ TTL_S = 60
 BIG_NAME, BIG_COUNT = "big.lab.example", 100  # 100 A records: 1.6 KB, over the 512 bytes of plain UDP DNS
 MAX_DNS_MESSAGE = 4096  # a query in this lab is below 300 bytes; anything larger is dropped
 MAX_ECHO_BYTES = 1 << 30  # bound one TCP echo connection: the lab's transfers are far smaller
+HTTP_SEED = b"gw lab http body"
+HTTP_BLOCK_SIZE = 1 << 16  # the pattern's period: made once at import (2048 sha256 calls, about 1 ms)
+HTTP_CHUNK_SIZE = 1 << 18  # one write: 256 KiB keeps the per-write Python cost small at several Gbit/s
+MAX_HTTP_BYTES = 1 << 30  # the largest /bytes/N: 1 GiB is more than any lab transfer needs
+MAX_HTTP_HEAD = 8192  # a request head from the probes or curl is below 200 bytes; a longer one is a 400
+HTTP_READ_S = 10  # the time a client has to send its request head
+HTTP_STALL_S = 30  # the longest one write may wait for the client to read (a stalled download ends)
+HTTP_LINGER_S = 2  # after the response, how long the client's own close is waited for (see _linger_close)
 _HEADER = struct.Struct("!HHHHHH")
 _QTYPE_A, _QCLASS_IN = 1, 1
 _NOERROR, _FORMERR, _NXDOMAIN, _REFUSED = 0, 1, 3, 5
@@ -133,6 +155,103 @@ async def _tcp_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
         writer.close()
 
 
+HTTP_BLOCK = b"".join(hashlib.sha256(HTTP_SEED + i.to_bytes(4, "big")).digest()
+                     for i in range(HTTP_BLOCK_SIZE // 32))  # fmt: skip
+_HTTP_CHUNK = HTTP_BLOCK * (HTTP_CHUNK_SIZE // HTTP_BLOCK_SIZE)  # whole periods: every full chunk alike
+_BYTES_PATH = re.compile(r"/bytes/(\d{1,10})")
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+
+
+def http_body_chunks(n: int) -> Iterator[bytes]:
+    """The body of ``/bytes/n`` as ``HTTP_CHUNK_SIZE`` pieces (the last one cut): what the server writes."""
+    whole, rest = divmod(n, HTTP_CHUNK_SIZE)
+    for _ in range(whole):
+        yield _HTTP_CHUNK
+    if rest:
+        yield _HTTP_CHUNK[:rest]
+
+
+def http_body_sha256(n: int) -> str:
+    """The sha256 (hex) of the body of ``/bytes/n``, without a network: 1 GiB takes about a second."""
+    digest = hashlib.sha256()
+    for chunk in http_body_chunks(n):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def http_route(method: str, target: str) -> tuple[int, int]:
+    """What the server answers a request line with: (status, body length)."""
+    if method != "GET":
+        return 405, len(_REASONS[405]) + 1
+    if not target.startswith("/bytes/"):
+        return 404, len(_REASONS[404]) + 1
+    match = _BYTES_PATH.fullmatch(target)
+    if match is None or int(match[1]) > MAX_HTTP_BYTES:
+        return 400, len(_REASONS[400]) + 1
+    return 200, int(match[1])
+
+
+async def _http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """One connection: read one request head (bounded), answer it, close."""
+    peer = writer.get_extra_info("peername")
+    who = f"{peer[0]}:{peer[1]}"
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HTTP_READ_S)
+    except asyncio.LimitOverrunError:  # no end of the head within MAX_HTTP_HEAD: a 400
+        _log(f"http request head over {MAX_HTTP_HEAD} bytes from {who}")
+        status, length = 400, len(_REASONS[400]) + 1
+    except (asyncio.IncompleteReadError, TimeoutError, OSError):  # closed or silent before a request
+        writer.close()
+        return
+    else:
+        parts = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
+        if len(parts) == 3 and parts[2] in ("HTTP/1.0", "HTTP/1.1"):
+            status, length = http_route(parts[0], parts[1])
+            _log(f"http {parts[0][:16]} {parts[1][:100]} from {who}")
+        else:
+            status, length = 400, len(_REASONS[400]) + 1
+            _log(f"http unreadable request line from {who}")
+    ctype = "application/octet-stream" if status == 200 else "text/plain"
+    writer.write(f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {ctype}\r\n"
+                 f"Content-Length: {length}\r\nConnection: close\r\n\r\n".encode("ascii"))  # fmt: skip
+    chunks = http_body_chunks(length) if status == 200 else [_REASONS[status].lower().encode() + b"\n"]
+    sent = 0
+    try:
+        for chunk in chunks:
+            writer.write(chunk)
+            await asyncio.wait_for(writer.drain(), HTTP_STALL_S)
+            sent += len(chunk)
+    except (TimeoutError, OSError) as e:  # the client went away, or stopped reading
+        _log(f"http sent {sent} of {length} bytes to {who}: {type(e).__name__}")
+        writer.close()
+        return
+    _log(f"http sent {sent} bytes to {who}")
+    await _linger_close(reader, writer)
+
+
+async def _linger_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Shut the write side, wait (at most ``HTTP_LINGER_S``) for the client's close, then close.
+
+    Closing a socket that holds unread bytes from the client (a pipelined request, a body nobody
+    asked for) makes the kernel send a RST, which can destroy the end of the response before the
+    client has read it.
+    """
+    try:
+        writer.write_eof()
+        async with asyncio.timeout(HTTP_LINGER_S):
+            while await reader.read(1 << 16):
+                pass
+    except (TimeoutError, OSError):
+        pass
+    finally:
+        writer.close()
+
+
+async def start_http(host: str, port: int) -> asyncio.Server:
+    """The HTTP server on ``host:port`` (port 0: any free one), serving until closed."""
+    return await asyncio.start_server(_http, host, port, limit=MAX_HTTP_HEAD)
+
+
 def _log(line: str) -> None:
     print(line, flush=True)
 
@@ -142,7 +261,7 @@ def _endpoint(text: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port)
 
 
-async def serve(dns: list[str], udp_echo: list[str], tcp_echo: list[str]) -> None:
+async def serve(dns: list[str], udp_echo: list[str], tcp_echo: list[str], http: Sequence[str] = ()) -> None:
     """Run the servers until SIGTERM or SIGINT."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -161,6 +280,9 @@ async def serve(dns: list[str], udp_echo: list[str], tcp_echo: list[str]) -> Non
     for text in tcp_echo:
         server = await asyncio.start_server(_tcp_echo, *_endpoint(text))
         closers.append(server.close)
+    for text in http:
+        server = await start_http(*_endpoint(text))
+        closers.append(server.close)
     _log("ready")
     await stop.wait()
     for close in closers:
@@ -174,9 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dns", action="append", default=[], metavar="ADDR:PORT")
     parser.add_argument("--udp-echo", action="append", default=[], metavar="ADDR:PORT")
     parser.add_argument("--tcp-echo", action="append", default=[], metavar="ADDR:PORT")
+    parser.add_argument("--http", action="append", default=[], metavar="ADDR:PORT",
+                        help="HTTP/1.1: GET /bytes/N answers N bytes of a fixed pattern")  # fmt: skip
     args = parser.parse_args(argv)
     try:
-        asyncio.run(serve(args.dns, args.udp_echo, args.tcp_echo))
+        asyncio.run(serve(args.dns, args.udp_echo, args.tcp_echo, args.http))
     except OSError as e:
         print(f"gw.lab.services: {e}", file=sys.stderr)
         return 1
