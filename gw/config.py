@@ -133,6 +133,10 @@ class JournalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     directory: str = "/var/lib/gw/journal"
     fsync: Literal["always", "interval", "never"] = "interval"
+    # "fast": a new flow's first packet leaves at once, its MappingCreated is durable a moment later;
+    # "strict": it waits until its MappingCreated is fsynced (fsync is then "always"), and new flows
+    #   are refused while the journal cannot write (gw.strict)
+    audit: Literal["fast", "strict"] = "fast"
     snapshot_every_s: int = 300  # bounds recovery time: a restart reads one snapshot and what came after
 
 
@@ -506,6 +510,9 @@ def check_services(config: GatewayConfig, source: str = "gateway.toml") -> None:
     if not 1 <= dns.max_in_flight_per_client <= dns.max_in_flight:
         fail("[dns] max_in_flight_per_client", dns.max_in_flight_per_client,
              f"must be 1 to max_in_flight ({dns.max_in_flight})")  # fmt: skip
+    if config.journal.audit == "strict" and config.journal.fsync == "never":
+        fail("[journal] fsync", "never", 'audit = "strict" waits for fsync: use "always" (or "interval", which '
+             'strict mode turns into "always")')  # fmt: skip
     ext = config.external
     if ext.max_sockets < 0:
         fail("[external] max_sockets", ext.max_sockets, "must be 0 (the open-file limit) or more")

@@ -50,6 +50,7 @@ from gw.offload import segment, translate_partial
 from gw.router import Router
 from gw.sessions import SessionDirectory
 from gw.status import Metrics, StatusServer
+from gw.strict import Hold, public_key
 from gw.transport import wire
 from gw.transport.endpoint import GatewayConnection, TunnelServer
 from gw.tun import TunDevice, TunError
@@ -81,6 +82,7 @@ class Gateway:
             "host_dropped": 0,  # for the host, but no host TUN (or its queue was full)
             "from_host_no_route": 0,  # from the host to a VPN address nobody holds
             "from_host_not_local": 0,  # from the host's TUN with a source other than the gateway address
+            "refused_no_journal": 0,  # new flows refused in strict mode while the journal cannot write
         }
         self.nat: Nat | None = None
         self.port = 0
@@ -94,6 +96,8 @@ class Gateway:
         self.external: SocketGateway | RawGateway | None = None
         self.started = time.time()
         self.journal_error = ""
+        self.hold: Hold | None = Hold() if config.journal.audit == "strict" else None
+        self._refuse_new = False  # strict mode, and the journal cannot write: new flows are refused
 
     def _now(self) -> int:
         return time.monotonic_ns()
@@ -135,7 +139,12 @@ class Gateway:
         if self.external is not None:
             self.external.start(self._from_internet)
         self._open_host_tun()
-        self.writer = JournalWriter(cfg.journal.directory, fsync=cfg.journal.fsync, on_error=self._journal_error)
+        strict = self.hold is not None
+        loop = asyncio.get_running_loop()
+        self.writer = JournalWriter(
+            cfg.journal.directory, fsync="always" if strict else cfg.journal.fsync, on_error=self._journal_error,
+            on_durable=(lambda seq: loop.call_soon_threadsafe(self._durable, seq)) if strict else None,
+        )  # fmt: skip
         self.writer.start()
         nat.record_event(GatewayStarted, now, version=__version__, ext_addrs=list(nat.ext_addrs),
                          recovered=rec.last_seq > 0, unclean=rec.last_seq > 0 and not rec.clean)  # fmt: skip
@@ -287,6 +296,8 @@ class Gateway:
             elif verdict == Route.NAT:
                 self._outbound(conn, pkt, ip, vnet, now, out)
         self._send(out)
+        if self.hold is not None and self.nat.events:
+            self._drain()  # strict: the held packets' mappings to the writer now, not at the next tick
 
     def _outbound(self, conn: GatewayConnection, pkt: memoryview, ip: memoryview, vnet: bool, now: int,
                   out: dict) -> None:  # fmt: skip
@@ -295,14 +306,21 @@ class Gateway:
         if ext is not None and not ext.carries_tcp and ip[P.IP_PROTO] == P.PROTO_TCP:
             self._refuse_tcp(conn, ip, out)
             return
-        partial = vnet and V.read_header(pkt)[0] & V.VNET_F_NEEDS_CSUM
         nat = self.nat
+        if self._refuse_new and not self._known_flow(ip):
+            self.counts["refused_no_journal"] += 1
+            return
+        partial = vnet and V.read_header(pkt)[0] & V.VNET_F_NEEDS_CSUM
+        made = nat.last_mapping_seq
         verdict = translate_partial(nat.translate_outbound, ip, now) if partial else nat.translate_outbound(ip, now)
         if verdict == Verdict.NEEDS_MAPPING and ext is not None:
             verdict = ext.new_mapping(ip, now)
         if verdict == Verdict.FORWARD:
+            hold = self.hold
             if ext is None:
                 self.counts["no_external"] += 1  # translated and journaled, not sent: [external] mode = "none"
+            elif hold is not None and (hold.pending or nat.last_mapping_seq != made):
+                self._send_when_durable(pkt, ip, vnet, now, made)
             else:
                 ext.send_outbound(pkt, now, vnet)
         elif verdict == Verdict.HAIRPIN:
@@ -313,6 +331,38 @@ class Gateway:
             answer = self.router.time_exceeded_to_client(ip, now)
             if answer is not None:
                 self._queue(out, conn, answer, False)
+
+    def _send_when_durable(self, pkt: memoryview, ip: memoryview, vnet: bool, now: int, made: int) -> None:
+        """Strict audit: a packet of a flow whose mapping is not durable yet waits for it (``gw.strict``)."""
+        hold, nat = self.hold, self.nat
+        key = public_key(ip)
+        if nat.last_mapping_seq != made and key is not None:
+            hold.created(key, nat.last_mapping_seq)
+        seq = hold.seq_for(key)
+        if seq is None:
+            self.external.send_outbound(pkt, now, vnet)
+        else:
+            hold.hold(seq, now, (bytes(pkt), vnet), len(pkt))
+
+    def _durable(self, seq: int) -> None:
+        """The journal writer made events up to ``seq`` durable (strict mode): what waited for them leaves."""
+        if self.external is None:
+            return
+        now = self._now()
+        for pkt, vnet in self.hold.release(seq):
+            self.external.send_outbound(pkt, now, vnet)
+
+    def _known_flow(self, ip: memoryview) -> bool:
+        """Whether an outbound packet belongs to a flow that has its mapping (or cannot start one)."""
+        if len(ip) < 20 or P.get_u16(ip, P.IP_FRAG)[0] & P.IP_OFFSET_MASK:
+            return True  # a later fragment: the NAT finds its flow from the first one, or drops it
+        proto, l4 = ip[P.IP_PROTO], (ip[0] & 15) * 4
+        if proto not in (P.PROTO_UDP, P.PROTO_TCP, P.PROTO_ICMP) or len(ip) < l4 + 8:
+            return True  # the NAT drops it, counted
+        if proto == P.PROTO_ICMP and ip[l4] != P.ICMP_ECHO_REQUEST:
+            return True  # an ICMP error about an existing flow: no mapping of its own
+        port = P.get_u16(ip, l4 + 4 if proto == P.PROTO_ICMP else l4)[0]
+        return self.nat.lookup_internal(proto, P.get_u32(ip, P.IP_SRC)[0], port) is not None
 
     def _refuse_tcp(self, conn: GatewayConnection, ip: memoryview, out: dict) -> None:
         """TCP in socket mode (user-space TCP is a later step): a SYN gets an RST at once, so it fails fast."""
@@ -409,6 +459,10 @@ class Gateway:
             self.nat.expire(now)
             if self.external is not None:
                 self.external.tick(now)
+            if self.hold is not None:
+                self.hold.expire(now)
+                writer = self.writer
+                self._refuse_new = not writer.alive or writer.backlogged or writer.failing
             if self.dns is not None:
                 self.dns.tick(now)
             self._drain()
@@ -463,6 +517,8 @@ class Gateway:
             "tunnel": {"handshaking": self.tunnel.handshaking, "refused_at_accept": self.tunnel.refused_at_accept,
                        "accept_errors": self.tunnel.accept_errors},
             "nat": {"mappings": len(nat), "restoring": nat.restoring},
+            "audit": {"mode": cfg.journal.audit, "refusing_new_flows": self._refuse_new,
+                      **({"waiting": len(self.hold), **self.hold.counts} if self.hold is not None else {})},
             "drops": drops,
             "routes": {name(r): self.router.counts[r] for r in Route},
             "counts": dict(self.counts),

@@ -255,6 +255,11 @@ class JournalWriter:
         return self.backlog_events >= self.max_backlog_events
 
     @property
+    def failing(self) -> bool:
+        """Whether the last write or fsync failed and is waiting for its retry (a full disk, EIO)."""
+        return self._failure is not None or self._needs_repair
+
+    @property
     def backlog_events(self) -> int:
         """Events submitted but not yet written (approximate while the writer runs)."""
         return max(0, (self.submitted_seq or 0) - self.written_seq)

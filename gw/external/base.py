@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-OnPacket = Callable[[list[bytearray]], None]  # packets from the internet, to public endpoints, for the NAT
+# packets from the internet, to public endpoints, for the NAT; a batch at a time, each starting with a
+# virtio-net header when the gateway's ``vnet`` is true
+OnPacket = Callable[[list[bytearray]], None]
 
 
 class ExternalGateway(Protocol):
@@ -13,15 +15,27 @@ class ExternalGateway(Protocol):
 
     name: str
     counts: dict[str, int]
+    carries_tcp: bool  # False: the daemon answers a client's TCP SYN for the internet with an RST
+    vnet: bool  # whether the packets given to on_packet start with a virtio-net header
 
     def start(self, on_packet: OnPacket) -> None:
-        """Begin receiving; ``on_packet`` gets the packets from the internet, a batch at a time (on the loop)."""
+        """Begin receiving; ``on_packet`` gets the packets from the internet (on the loop). Raises GwError."""
 
-    def send_outbound(self, pkt: bytearray | memoryview, now: int) -> None:
-        """Send a packet the NAT translated (source: a public endpoint). Drops are counted, never raised."""
+    def new_mapping(self, pkt: bytearray | memoryview, now: int) -> int:
+        """The NAT answered NEEDS_MAPPING (it runs with ``caller_ports``): make the mapping, translate."""
+
+    def send_outbound(self, pkt: bytearray | memoryview, now: int, vnet: bool = False) -> None:
+        """Send a packet the NAT translated (source: a public endpoint), after its virtio-net header when
+        ``vnet``. Drops are counted, never raised."""
 
     def mapping_ended(self, proto: int, ext_addr: int, ext_port: int) -> None:
         """The NAT ended a mapping: release what carried it."""
+
+    def tick(self, now: int) -> None:
+        """Periodic work (the daemon's timer)."""
+
+    def describe(self) -> dict:
+        """What ``gw status`` shows about it, besides its counts."""
 
     def stop(self) -> None:
         """Release everything."""

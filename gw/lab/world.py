@@ -11,10 +11,13 @@ internet host has a small MTU (1280), as the kernel-NAT vectors' world does::
                                               gw ext 198.51.100.2/24 ─ gw 198.51.100.254/24 rtr
     c2 uplink 192.0.2.6/30 ─ c2 192.0.2.5/30 ┘                                             │ inet 203.0.113.1/24
                                                                                              │ MTU 1280
-                                              inet uplink 203.0.113.10/24 (+ .11, .80): DNS server for lab.example
+                                              inet uplink 203.0.113.10/24 (+ .11, .80): DNS server for lab.example,
+                                                            UDP/TCP echo, HTTP on www (.80)
 
-The gateway host's default route goes through the router, as on any host; 198.51.100.1 is kept free
-for a public address the gateway's own NAT answers for (the raw external gateway).
+The gateway host's default route goes through the router, as on any host. The gateway's public
+address depends on its external mode (``external``): ``raw`` uses 198.51.100.1, which the gateway
+namespace's kernel does not own (the gateway answers ARP for it itself); ``socket`` uses the host's
+own 198.51.100.2.
 
 Every link is made from inside the lab's namespaces (``ip -n``), so the host's own network is never
 touched, and every packet the lab makes stays in them. The processes are the real ones: ``gw serve``
@@ -56,6 +59,7 @@ INTERNET_SECOND = "203.0.113.11"  # its second address (endpoint-independence ch
 INTERNET_WWW = "203.0.113.80"  # www.lab.example
 TUNNEL_PORT = 8443
 ECHO_PORT = 7
+HTTP_PORT = 80  # www.lab.example: GET /bytes/N (gw.lab.services)
 COMMAND_TIMEOUT_S = 10  # one ip command
 PROBE_TIMEOUT_S = 30  # one probe: its own waits are shorter
 STOP_WAIT_S = 5.0  # SIGTERM, then SIGKILL after this long
@@ -224,7 +228,7 @@ class LabWorld:
         self.spawn("inet", "dns", "-m", "gw.lab.services", "--dns", f"{INTERNET_HOST}:53")
         echoes = [f"--{kind}-echo={addr}:{ECHO_PORT}" for kind in ("udp", "tcp")
                   for addr in (INTERNET_HOST, INTERNET_SECOND)]  # fmt: skip
-        self.spawn("inet", "internet", "-m", "gw.lab.services", *echoes)
+        self.spawn("inet", "internet", "-m", "gw.lab.services", *echoes, "--http", f"{INTERNET_WWW}:{HTTP_PORT}")
         for role in CLIENTS:
             self.spawn(role, f"echo-{role}", "-m", "gw.lab.services",
                        "--udp-echo", f"0.0.0.0:{ECHO_PORT}", "--tcp-echo", f"0.0.0.0:{ECHO_PORT}")  # fmt: skip
@@ -385,7 +389,8 @@ class LabWorld:
                        "small_mtu_link": {"device": "inet", "mtu": SMALL_MTU}},  # fmt: skip
             "internet": {"namespace": self.ns["inet"], "interface": "uplink", "address": INTERNET_HOST,
                          "addresses": [INTERNET_HOST, INTERNET_SECOND, INTERNET_WWW],
-                         "dns": f"{INTERNET_HOST}:53", "zone": "lab.example"},  # fmt: skip
+                         "dns": f"{INTERNET_HOST}:53", "zone": "lab.example",
+                         "http": f"http://{INTERNET_WWW}:{HTTP_PORT}/bytes/N"},  # fmt: skip
             "clients": {name: {"namespace": self.ns[role], "config": str(self.client_toml(name))}
                         for role, name in CLIENTS.items()},  # fmt: skip
             "down": f"gw lab --down --tag {self.tag}",
