@@ -2,8 +2,8 @@
 
 Every external gateway has the same small interface (``ExternalGateway`` in ``base.py``): ``start``,
 ``send_outbound`` for a packet the NAT translated, ``mapping_ended`` when the NAT ends a mapping,
-``tick`` from the daemon's timer, and ``stop``; what comes back from the internet goes to the ``on_packet`` callback as an IPv4 packet
-addressed to a public endpoint, for ``Nat.translate_inbound``.
+``tick`` from the daemon's timer, and ``stop``; what comes back from the internet goes to the
+``on_packet`` callback as an IPv4 packet addressed to a public endpoint, for ``Nat.translate_inbound``.
 
 - ``raw.py``: whole IPv4 packets through an ``AF_PACKET`` socket on the external interface, for public
   addresses the kernel does not own; the gateway is its own host on the link (``link.py``: ARP, the
