@@ -150,16 +150,17 @@ def world(tmp_path: Path) -> Iterator[Any]:
 
 
 @pytest.fixture
-def raw_world(tmp_path: Path) -> Iterator[Any]:
-    """As ``world``, the gateway in raw mode (its own public address 198.51.100.1 on the link)."""
-    yield from _world(tmp_path, "raw")
+def raw_world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """As ``world``, the gateway in raw mode (its own public address 198.51.100.1 on the link); the
+    clients' TUN offloads on unless the test parametrizes it indirectly with False."""
+    yield from _world(tmp_path, "raw", getattr(request, "param", True))
 
 
-def _world(tmp_path: Path, external: str) -> Iterator[Any]:
+def _world(tmp_path: Path, external: str, offloads: bool = True) -> Iterator[Any]:
     from gw.lab.world import LabWorld
 
     require_netns()
-    lab = LabWorld(lab_tag(), directory=tmp_path / "lab", external=external)
+    lab = LabWorld(lab_tag(), directory=tmp_path / "lab", external=external, offloads=offloads)
     try:
         lab.build()
         yield lab

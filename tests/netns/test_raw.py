@@ -1,0 +1,146 @@
+"""To the internet through the raw external gateway, in the lab: the gateway's own NAT on public address
+198.51.100.1, which the gateway namespace's kernel does not own, through an AF_PACKET socket on ``ext``.
+The internet host (behind an on-path router and a 1280-byte link) and the journal are the oracles."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gw import inet
+from gw.lab.services import http_body_sha256
+from gw.lab.world import ECHO_PORT, HTTP_PORT, INTERNET_HOST, INTERNET_WWW, RAW_PUBLIC, LabWorld
+from gw.status import query
+from journal.holders import find_holders
+from journal.reader import Journal
+
+pytestmark = pytest.mark.netns
+DOWNLOAD_BYTES = 100_000_000
+
+
+def _seen(world: LabWorld) -> list[str]:
+    """The public endpoints the internet host's UDP echo saw, in order."""
+    lines = (world.dir / "internet.log").read_text().splitlines()
+    return [ln.split()[-1] for ln in lines if ln.startswith("udp echo")]
+
+
+def _set(world: LabWorld, section: str, line: str) -> None:
+    """Add ``line`` to ``[section]`` of the lab's gateway.toml (before the gateway starts)."""
+    text = world.gateway_toml.read_text()
+    assert f"[{section}]\n" in text
+    world.gateway_toml.write_text(text.replace(f"[{section}]\n", f"[{section}]\n{line}\n", 1))
+
+
+@pytest.mark.parametrize("raw_world", [True, False], ids=["offloads", "no-offloads"], indirect=True)
+def test_a_100_mb_http_download_through_the_raw_gateway_arrives_whole(raw_world):
+    """TCP across the NAT, the router and the 1280-byte link; with offloads the super-packets cross the
+    gateway whole both ways (GSO out, GRO in), without them the gateway cuts them for the client."""
+    raw_world.start()
+    got = raw_world.probe("c1", "http_get", INTERNET_WWW, HTTP_PORT, f"/bytes/{DOWNLOAD_BYTES}", 60, timeout=70)
+    assert got.get("status") == 200 and got["bytes"] == DOWNLOAD_BYTES, got
+    assert got["sha256"] == http_body_sha256(DOWNLOAD_BYTES)
+    log = (raw_world.dir / "internet.log").read_text()
+    assert f"http sent {DOWNLOAD_BYTES} bytes to {RAW_PUBLIC}:" in log  # the server saw the public address
+    ext = query(raw_world.status_socket)["external"]
+    assert ext["mode"] == "raw" and ext["send_failed"] == 0 and ext["oversized"] == 0
+    if raw_world.offloads:
+        # ~1,500 super-packets in, not ~80,000 segments: the download came in aggregated
+        assert ext["received"] < DOWNLOAD_BYTES // 20_000, ext
+
+
+def test_udp_ping_and_dns_reach_the_internet_and_gw_audit_names_the_client(raw_world):
+    raw_world.start()
+    assert raw_world.probe("c1", "udp_echo", INTERNET_HOST, ECHO_PORT, 5, 200)["received"] == 5
+    assert raw_world.probe("c2", "udp_echo", INTERNET_HOST, ECHO_PORT, 5, 200)["received"] == 5
+    assert raw_world.probe("c1", "ping", INTERNET_HOST, 3)["received"] == 3
+    dns = raw_world.probe("c2", "dns", INTERNET_HOST, "www.lab.example", False)
+    assert dns["answers"] == ["203.0.113.80"], dns
+    seen = _seen(raw_world)
+    alice, bob = seen[0], seen[-1]
+    assert alice.rpartition(":")[0] == bob.rpartition(":")[0] == RAW_PUBLIC and alice != bob
+    for endpoint, client in ((alice, "alice"), (bob, "bob")):
+        out = subprocess.run([sys.executable, "-m", "tools.audit", "--json", str(raw_world.journal), "who",
+                              f"{endpoint}/udp", "--at", str(time.time())],
+                             capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert [h["client"] for h in json.loads(out.stdout)["holders"]] == [client]
+
+
+def test_the_hosts_kernel_never_answers_for_the_public_address(raw_world):
+    """No RST, no port unreachable: frames for the gateway's MAC are foreign to the kernel, and the NAT
+    drops what it has no mapping for, counted."""
+    raw_world.start()
+    code = (
+        "import socket, json\n"
+        f"t = socket.socket(); t.settimeout(1.5)\n"
+        f"try:\n    t.connect(({RAW_PUBLIC!r}, 4444)); tcp = 'connected'\n"
+        "except socket.timeout:\n    tcp = 'timeout'\n"
+        "except ConnectionRefusedError:\n    tcp = 'refused'\n"
+        f"u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.connect(({RAW_PUBLIC!r}, 4444)); u.settimeout(1.5)\n"
+        "u.send(b'x')\n"
+        "try:\n    u.send(b'y'); u.recv(10); udp = 'answer'\n"
+        "except socket.timeout:\n    udp = 'timeout'\n"
+        "except ConnectionRefusedError:\n    udp = 'refused'\n"
+        "print(json.dumps([tcp, udp]))"
+    )
+    before = query(raw_world.status_socket)["drops"]
+    got = json.loads(raw_world.run("inet", sys.executable, "-c", code).stdout)
+    assert got == ["timeout", "timeout"]
+    after = query(raw_world.status_socket)["drops"]
+    assert sum(after.values()) >= sum(before.values()) + 3  # SYN (and its retry), two datagrams: no mapping
+
+
+def test_the_gateway_answers_arp_for_its_public_address(raw_world):
+    raw_world.start()
+    assert raw_world.probe("c1", "ping", INTERNET_HOST, 1)["received"] == 1
+    raw_world.run("rtr", "ip", "neigh", "flush", "dev", "gw")  # the router forgets where 198.51.100.1 is
+    assert raw_world.probe("c1", "ping", INTERNET_HOST, 3)["received"] == 3
+    ext = query(raw_world.status_socket)["external"]
+    assert ext["arp_answered"] >= 1, ext
+    neigh = raw_world.run("rtr", "ip", "neigh", "show", RAW_PUBLIC).stdout
+    assert ext["mac"] in neigh
+
+
+# a client that opens a new UDP flow to the internet echo every 2 ms for SECONDS, without waiting
+_NEW_FLOWS = """
+import socket, sys, time
+end = time.monotonic() + float(sys.argv[1])
+socks = []
+while time.monotonic() < end:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(b"flow", ({host!r}, {port}))
+    socks.append(s)
+    time.sleep(0.002)
+print(len(socks), "flows")
+"""
+
+
+@pytest.mark.parametrize("audit", ["strict"])
+def test_strict_mode_every_public_port_the_internet_saw_is_in_the_journal_across_kill_9(raw_world, audit):
+    """New flows as fast as a client makes them; the gateway is SIGKILLed in the middle, twice. Every public
+    endpoint the internet host saw must be attributed by the journal: in strict mode no packet leaves
+    before its MappingCreated is fsynced. (In fast mode the last ~50 ms of new mappings can be missing.)"""
+    _set(raw_world, "journal", f'audit = "{audit}"')
+    raw_world.start()
+    code = _NEW_FLOWS.format(host=INTERNET_HOST, port=ECHO_PORT)
+    for _ in range(2):
+        gateway = raw_world.process("gateway")
+        flows = raw_world.spawn_command("c1", "flows", sys.executable, "-c", code, "1.5")
+        time.sleep(0.8)
+        raw_world.stop(gateway, signal.SIGKILL)
+        raw_world.stop(flows)
+        raw_world.start_gateway()
+        raw_world.vpn_address("c1")
+    seen = set(_seen(raw_world))
+    assert len(seen) > 100, f"only {len(seen)} flows reached the internet host"
+    journal, at = Journal(raw_world.journal), time.time_ns()
+    missing = [e for e in sorted(seen)
+               if not find_holders(journal, inet.aton(e.rpartition(":")[0]), int(e.rpartition(":")[2]), 17, at)]  # fmt: skip
+    assert not missing, f"{len(missing)} of {len(seen)} public endpoints the internet saw are not in the journal"
+    doc = query(raw_world.status_socket)
+    assert doc["audit"]["mode"] == "strict"
