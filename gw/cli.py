@@ -12,7 +12,8 @@ from journal.errors import JournalError
 
 EPILOG = """\
 start here: gw lab (root) builds the whole VPN in throwaway network namespaces and shows it working.
-serve reaches the internet with [external] mode = "socket" (UDP and ping; the raw mode comes next).
+serve reaches the internet with [external] mode = "raw" (its own public addresses: TCP, UDP, ICMP) or
+"socket" (the host's address: UDP and ping).
 The journal tools are separate commands: gw-replay --help, gw-audit --help.
 """
 
@@ -58,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
             "answers ping and DNS (a proxy to [dns] upstreams) on its VPN address, gives the host its own\n"
             "port on the VPN (a TUN, [vpn] host_device), and journals every session and NAT event.\n"
             "Stops on SIGTERM or Ctrl-C (GatewayStopped journaled, the TUN removed). Needs root (a TUN\n"
-            "device) unless host_device = \"\". The internet: [external] mode = \"socket\" (UDP, ping)."
+            "device) unless host_device = \"\". The internet: [external] mode = \"raw\" (TCP, UDP, ICMP on public\n"
+            "addresses the kernel does not own) or \"socket\" (UDP, ping on the host's own address)."
         ),
         epilog="example: gw serve -c /etc/gw/gateway.toml",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -93,19 +95,22 @@ def build_parser() -> argparse.ArgumentParser:
         "lab",
         help="the whole VPN in throwaway network namespaces: build, exercise, report, remove",
         description=(
-            "Builds five network namespaces (the gateway, clients alice and bob, a router, an 'internet'\n"
-            "host with DNS and echo servers), runs the real gw serve and gw connect there as processes,\n"
-            "and checks: ping to the gateway and between clients, DNS through the gateway's proxy over\n"
-            "UDP and TCP, UDP and TCP between the clients, UDP and ping to the internet host through the\n"
-            "NAT, who held the public port the internet host saw (from the journal), gw status. Prints\n"
-            "what went through, then removes everything it made (also on failure and Ctrl-C). No packet\n"
-            "leaves the namespaces.\n"
+            "Builds five network namespaces (the gateway, clients alice and bob, an on-path router with a\n"
+            "1280-byte link, an 'internet' host with DNS, echo and HTTP servers), runs the real gw serve\n"
+            "and gw connect there as processes, and checks: ping to the gateway and between clients, DNS\n"
+            "through the gateway's proxy over UDP and TCP, UDP and TCP between the clients, UDP, ping and\n"
+            "(raw mode) an HTTP download from the internet host through the NAT, who held the public port\n"
+            "the internet host saw (from the journal), gw status. Prints what went through, then removes\n"
+            "everything it made (also on failure and Ctrl-C). No packet leaves the namespaces.\n"
+            "--external picks the gateway's external mode: raw (its own public address 198.51.100.1,\n"
+            "which the gateway namespace's kernel does not own) or socket (the host's 198.51.100.2).\n"
             "Needs root and /dev/net/tun. Exit status 0 when every check passed, 1 otherwise."
         ),
         epilog=(
             "examples:\n"
             "  sudo gw lab                      # build, check, report, remove\n"
             "  sudo gw lab --keep --json        # leave it up; JSON names every namespace, device, pid\n"
+            "  sudo gw lab --external socket    # the socket external gateway instead of raw\n"
             "  sudo ip netns exec gwlab-lab-c1 ping 10.66.77.1   # look around a kept lab\n"
             "  sudo gw lab --down               # remove the kept lab"
         ),
@@ -116,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--down", action="store_true", help="remove a kept lab: its processes and namespaces")
     lab.add_argument("--tag", default="lab", help="the lab's name, in its namespaces' names (default: lab)")
     lab.add_argument("--no-offloads", action="store_true", help="run the clients without TUN offloads")
+    lab.add_argument("--external", choices=("raw", "socket"), default="raw",
+                     help="the gateway's [external] mode (default: raw)")  # fmt: skip
     keys = sub.add_parser(
         "keys",
         help="make and show identities (an Ed25519 key and a self-signed certificate)",
@@ -202,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.down and args.keep:
                 raise UsageError("--down removes a kept lab; it does not go with --keep")
             return run_lab(keep=args.keep, as_json=args.json, down=args.down, tag=args.tag,
-                           offloads=not args.no_offloads)  # fmt: skip
+                           offloads=not args.no_offloads, external=args.external)  # fmt: skip
         if args.command == "connect":
             from gw import config
             from gw.client import connect_main

@@ -15,13 +15,23 @@ import time
 from collections.abc import Callable
 
 from gw import inet
-from gw.lab.world import CLIENTS, ECHO_PORT, GATEWAY_HOST, INTERNET_HOST, LabError, LabWorld
+from gw.lab.world import (
+    CLIENTS,
+    ECHO_PORT,
+    GATEWAY_HOST,
+    HTTP_PORT,
+    INTERNET_HOST,
+    INTERNET_WWW,
+    LabError,
+    LabWorld,
+)
 from journal.holders import find_holders
 from journal.reader import Journal
 
 GATEWAY_VPN = "10.66.77.1"
 DNS_NAME, DNS_ADDRESS = "www.lab.example", "203.0.113.80"
 TCP_ECHO_BYTES = 8 << 20
+HTTP_BYTES = 20_000_000
 
 
 def _checks(world: LabWorld, vpn: dict[str, str]) -> list[tuple[str, Callable[[], tuple[bool, str]]]]:
@@ -57,6 +67,14 @@ def _checks(world: LabWorld, vpn: dict[str, str]) -> list[tuple[str, Callable[[]
         return r.get("received") == 10, _detail(r, lambda: f"10/10 datagrams back through the NAT, rtt "
                                                            f"{r['median_ms']} ms")  # fmt: skip
 
+    def internet_http() -> tuple[bool, str]:
+        from gw.lab.services import http_body_sha256
+
+        r = world.probe("c1", "http_get", INTERNET_WWW, HTTP_PORT, f"/bytes/{HTTP_BYTES}", 20)
+        ok = r.get("status") == 200 and r.get("sha256") == http_body_sha256(HTTP_BYTES)
+        return ok, _detail(r, lambda: f"{HTTP_BYTES // 1_000_000} MB, sha256 right, {r['mbit_s']:.0f} Mbit/s "
+                                      "across the 1280-byte link")  # fmt: skip
+
     def internet_ping() -> tuple[bool, str]:
         r = world.probe("c1", "ping", INTERNET_HOST, 3)
         return r.get("received") == 3, _detail(r, lambda: f"3/3 replies, rtt {_median(r['rtt_ms'])} ms")
@@ -85,7 +103,7 @@ def _checks(world: LabWorld, vpn: dict[str, str]) -> list[tuple[str, Callable[[]
             f"{doc['counts']['echo_replies']} echo replies; drops {sum(doc['drops'].values())}"
         )
 
-    return [
+    checks = [
         (f"alice ({alice}) pings the gateway {GATEWAY_VPN}", lambda: ping("c1", GATEWAY_VPN)),
         (f"bob ({bob}) pings alice through the gateway", lambda: ping("c2", alice)),
         ("alice resolves through the DNS proxy, UDP", lambda: dns(False)),
@@ -95,6 +113,11 @@ def _checks(world: LabWorld, vpn: dict[str, str]) -> list[tuple[str, Callable[[]
         ("alice -> bob TCP echo", tcp),
         (f"alice -> the internet host {INTERNET_HOST}, UDP echo", internet_udp),
         (f"alice pings the internet host {INTERNET_HOST}", internet_ping),
+    ]
+    if world.external == "raw":  # TCP to the internet: the raw gateway carries it (socket mode: a later step)
+        checks.append((f"alice downloads {HTTP_BYTES // 1_000_000} MB over HTTP from www ({INTERNET_WWW})",
+                       internet_http))  # fmt: skip
+    return checks + [
         ("the abuse desk asks who held the public endpoint the internet host saw", audit),
         ("gw status", status),
     ]
@@ -119,7 +142,7 @@ def _progress(quiet: bool, text: str) -> None:
 
 
 def run_lab(*, keep: bool = False, as_json: bool = False, down: bool = False, tag: str = "lab",
-            offloads: bool = True) -> int:  # fmt: skip
+            offloads: bool = True, external: str = "raw") -> int:  # fmt: skip
     """``gw lab``; returns the exit status (0: every check passed)."""
     if down:
         world = LabWorld.load(tag)
@@ -133,13 +156,14 @@ def run_lab(*, keep: bool = False, as_json: bool = False, down: bool = False, ta
         raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGTERM, interrupted)
-    world = LabWorld(tag, offloads=offloads)
+    world = LabWorld(tag, offloads=offloads, external=external)
     results: list[dict] = []
     try:
         t0 = time.monotonic()
         _progress(as_json, f"building namespaces {', '.join(world.ns.values())}")
         world.build()
-        _progress(as_json, "starting the DNS server, echo servers, gw serve, gw connect x2")
+        _progress(as_json, f"starting the DNS, echo and HTTP servers, gw serve ({external} external gateway, "
+                           f"public {world.public}), gw connect x2")  # fmt: skip
         vpn = world.start()
         _progress(as_json, f"clients up: {', '.join(f'{n} {a}' for n, a in vpn.items())}")
         for label, check in _checks(world, vpn):

@@ -153,12 +153,12 @@ def _gw(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 def test_gw_lab_runs_every_check_and_leaves_nothing_behind():
     require_netns()
     tag = lab_tag()
-    before = netns_list()
     done = _gw("lab", "--tag", tag, "--json")
     report = json.loads(done.stdout)
     assert done.returncode == 0 and report["ok"], done.stdout + done.stderr
-    assert len(report["checks"]) >= 8 and all(c["ok"] for c in report["checks"])
-    assert netns_list() == before
+    assert len(report["checks"]) >= 12 and all(c["ok"] for c in report["checks"])
+    assert any("HTTP" in c["check"] for c in report["checks"])  # raw mode by default: TCP to the internet
+    assert not [n for n in netns_list() if n.startswith(f"gwlab-{tag}-")]  # (other tests may run labs)
 
 
 def test_gw_lab_keep_json_describes_the_lab_and_down_removes_it():
@@ -176,7 +176,9 @@ def test_gw_lab_keep_json_describes_the_lab_and_down_removes_it():
         pids = {p["name"]: p["pid"] for p in lab["processes"]}
         assert {"gateway", "alice", "bob", "dns"} <= set(pids)
         assert all(os.path.exists(f"/proc/{pid}") for pid in pids.values())
-        assert lab["internet"]["address"] == INTERNET_HOST
+        assert lab["internet"]["address"] == INTERNET_HOST and "http" in lab["internet"]
+        assert lab["external"]["interface"] == "ext" and lab["external"]["public_addresses"] == ["198.51.100.1"]
+        assert lab["internet"]["namespace"] == f"gwlab-{tag}-inet" and lab["router"]["addresses"]
     finally:
         down = _gw("lab", "--down", "--tag", tag)
     assert down.returncode == 0, down.stderr
