@@ -225,6 +225,12 @@ class LabWorld:
     # ------------------------------------------------------------------ processes
     def start(self, timeout_s: float = 15.0) -> dict[str, str]:
         """Servers, the gateway and both clients; returns each client's VPN address once it has one."""
+        self.start_servers()
+        self.start_gateway()
+        return self.start_clients(timeout_s)
+
+    def start_servers(self) -> None:
+        """The internet host's DNS, echo and HTTP servers, and each client's echo servers."""
         self.spawn("inet", "dns", "-m", "gw.lab.services", "--dns", f"{INTERNET_HOST}:53")
         echoes = [f"--{kind}-echo={addr}:{ECHO_PORT}" for kind in ("udp", "tcp")
                   for addr in (INTERNET_HOST, INTERNET_SECOND)]  # fmt: skip
@@ -232,15 +238,19 @@ class LabWorld:
         for role in CLIENTS:
             self.spawn(role, f"echo-{role}", "-m", "gw.lab.services",
                        "--udp-echo", f"0.0.0.0:{ECHO_PORT}", "--tcp-echo", f"0.0.0.0:{ECHO_PORT}")  # fmt: skip
-        self.start_gateway()
+
+    def start_clients(self, timeout_s: float = 15.0) -> dict[str, str]:
+        """Both clients; returns each one's VPN address once it has one."""
         for role, name in CLIENTS.items():
             self.start_client(role, name)
         return {name: self.vpn_address(role, timeout_s) for role, name in CLIENTS.items()}
 
-    def start_gateway(self, config: Path | None = None, timeout_s: float = 15.0) -> dict:
-        """``gw serve`` in the gateway namespace, waited for until its status socket answers."""
+    def start_gateway(self, config: Path | None = None, timeout_s: float = 15.0, *python_args: str) -> dict:
+        """``gw serve`` in the gateway namespace (or ``python PYTHON_ARGS``), waited for until its status
+        socket answers."""
         self.status_socket.unlink(missing_ok=True)
-        proc = self.spawn("gw", "gateway", "-m", "gw", "serve", "-c", str(config or self.gateway_toml))
+        argv = python_args or ("-m", "gw", "serve", "-c", str(config or self.gateway_toml))
+        proc = self.spawn("gw", "gateway", *argv)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.alive(proc):

@@ -29,6 +29,13 @@ def _seen(world: LabWorld) -> list[str]:
     return [ln.split()[-1] for ln in lines if ln.startswith("udp echo")]
 
 
+def _unattributed(world: LabWorld, endpoints: set[str]) -> list[str]:
+    """The public UDP endpoints no mapping in the journal held (now: a crash ends no mapping)."""
+    journal, at = Journal(world.journal), time.time_ns()
+    return [e for e in sorted(endpoints)
+            if not find_holders(journal, inet.aton(e.rpartition(":")[0]), int(e.rpartition(":")[2]), 17, at)]
+
+
 def _set(world: LabWorld, section: str, line: str) -> None:
     """Add ``line`` to ``[section]`` of the lab's gateway.toml (before the gateway starts)."""
     text = world.gateway_toml.read_text()
@@ -138,9 +145,49 @@ def test_strict_mode_every_public_port_the_internet_saw_is_in_the_journal_across
         raw_world.vpn_address("c1")
     seen = set(_seen(raw_world))
     assert len(seen) > 100, f"only {len(seen)} flows reached the internet host"
-    journal, at = Journal(raw_world.journal), time.time_ns()
-    missing = [e for e in sorted(seen)
-               if not find_holders(journal, inet.aton(e.rpartition(":")[0]), int(e.rpartition(":")[2]), 17, at)]  # fmt: skip
+    missing = _unattributed(raw_world, seen)
     assert not missing, f"{len(missing)} of {len(seen)} public endpoints the internet saw are not in the journal"
     doc = query(raw_world.status_socket)
     assert doc["audit"]["mode"] == "strict"
+
+
+# the gateway with a file-size limit: its journal's writes fail (EFBIG) once the segment reaches it
+_LIMITED = "import resource, sys, runpy; resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); " \
+           "sys.argv = ['gw', 'serve', '-c', {config!r}]; runpy.run_module('gw', run_name='__main__')"
+# one old flow: a datagram every 50 ms for SECONDS on one socket; prints how many came back
+_OLD_FLOW = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.2)
+sent = got = 0
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    s.sendto(b"old", ({host!r}, {port})); sent += 1
+    try:
+        s.recv(100); got += 1
+    except socket.timeout:
+        pass
+    time.sleep(0.05)
+print(sent, got)
+"""
+
+
+def test_strict_mode_refuses_new_flows_while_the_journal_cannot_write_and_keeps_old_ones(raw_world):
+    _set(raw_world, "journal", 'audit = "strict"')
+    raw_world.start_servers()
+    raw_world.start_gateway(None, 15.0, "-c", _LIMITED.format(limit=24_000, config=str(raw_world.gateway_toml)))
+    raw_world.start_clients()
+    old = raw_world.spawn_command("c1", "old-flow", sys.executable, "-c",
+                                  _OLD_FLOW.format(host=INTERNET_HOST, port=ECHO_PORT), "4")  # fmt: skip
+    time.sleep(0.5)
+    flows = raw_world.spawn_command("c1", "flows", sys.executable, "-c",
+                                    _NEW_FLOWS.format(host=INTERNET_HOST, port=ECHO_PORT), "2.5")  # fmt: skip
+    deadline = time.monotonic() + 10
+    while (raw_world.alive(old) or raw_world.alive(flows)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    doc = query(raw_world.status_socket)
+    assert doc["audit"]["refusing_new_flows"] and doc["counts"]["refused_no_journal"] > 0, doc["audit"]
+    sent, got = map(int, (raw_world.dir / "old-flow.log").read_text().split())
+    assert got >= sent * 0.9, f"the old flow lost {sent - got} of {sent} while new flows were refused"
+    seen = set(_seen(raw_world))
+    missing = _unattributed(raw_world, seen)
+    assert not missing, f"{len(missing)} of {len(seen)} public endpoints the internet saw are not in the journal"
