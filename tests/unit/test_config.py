@@ -264,9 +264,17 @@ revoked = true
         ('[tunnel]\nlisten = "8443"\n', r'\[tunnel\] listen = "8443": write "ADDRESS:PORT"'),
         ('[tunnel]\nkeepalive_s = 60\n', r"keepalive_s = 60.*below dead_after_s"),
         ('[tunnel]\nmtu = 100\n', r"\[tunnel\] mtu = 100"),
+        ('[external]\nmode = "raw"\n', r'\[external\] interface = "": raw mode sends through an interface'),
+        ('[external]\nmode = "tap"\n', r"\[external\] mode = \"tap\""),
+        ('[external]\nnext_hop = "router"\n', r'next_hop = "router": not an IPv4 address'),
+        ('[external]\nmac = "02:67:77"\n', r'mac = "02:67:77": write six hex pairs'),
+        ('[external]\nmac = "01:00:5e:00:00:01"\n', r"a multicast address"),
+        ('[journal]\naudit = "strict"\nfsync = "never"\n', r'\[journal\] fsync = "never": audit = "strict" waits'),
+        ('[journal]\naudit = "paranoid"\n', r"\[journal\] audit = \"paranoid\""),
     ],
     ids=["no-fingerprint", "unknown-key", "short-fingerprint", "same-name", "same-fingerprint", "gateway-address",
-         "outside-subnet", "not-a-bool", "not-a-table", "listen", "keepalive", "mtu"],
+         "outside-subnet", "not-a-bool", "not-a-table", "listen", "keepalive", "mtu", "raw-no-interface",
+         "external-mode", "next-hop", "mac", "mac-multicast", "strict-never", "audit-mode"],
 )  # fmt: skip
 def test_client_and_tunnel_mistakes_name_the_table_the_key_and_the_fix(text: str, expect: str) -> None:
     with pytest.raises(ConfigError, match=expect) as e:
