@@ -220,6 +220,7 @@ class Nat:
         self.remotes_refused = 0  # remotes not admitted: a mapping's or a client's budget was full
         self.rsts_ignored = 0  # inbound RSTs outside the client's window: forwarded, state unchanged
         self._pending: PendingRows | None = None  # a lazy restore's rows not loaded yet (gw.pending)
+        self.pending_by_proto: dict[int, int] = {}  # ... counted by protocol, for ``gw status``
         self._resumed: tuple[int, int] | None = None  # (now, crash) of ``resume``, for rows loaded later
         self._restore_now = 0  # the latest ``now`` seen while rows are pending
         self.stale_at_recovery = 0  # mappings ended as stale_at_recovery (resume's, and lazy rows')
@@ -1293,6 +1294,8 @@ class Nat:
         for opened in s.sessions:
             self.sessions.open(opened)
         self.next_seq = s.upto_seq + 1
+        protos = pending.columns["proto"].tobytes()  # one byte per row: counted at C speed
+        self.pending_by_proto = {p: protos.count(p) for p in (P.PROTO_UDP, P.PROTO_TCP, P.PROTO_ICMP)}
         if pending.n:  # serve the pending rows' packets; refuse new flows until every row is in
             restoring = (
                 self._translate_outbound_restoring, self._translate_inbound_restoring,
@@ -1362,6 +1365,7 @@ class Nat:
     def _load_range(self, start: int, stop: int, now: int) -> None:
         """Load the pending rows in [start, stop) that are not loaded yet; end those stale since resume."""
         pending = self._pending
+        self._unpend(pending, max(start, pending.cursor), min(stop, pending.n))
         stale = self._load_rows(pending, start, min(stop, pending.n), self._resumed)
         while pending.cursor < pending.n and pending.loaded[pending.cursor]:
             pending.cursor += 1
@@ -1372,6 +1376,31 @@ class Nat:
         for m in stale:
             self._expire_mapping(m, now, "stale_at_recovery")
         self.stale_at_recovery += len(stale)
+
+    def _unpend(self, pending: PendingRows, start: int, stop: int) -> None:
+        """Take the rows in [start, stop) that are about to load off ``pending_by_proto``.
+
+        The loaders (Python and compiled) do not report what they loaded, so the count is taken here. A
+        slice is counted at C speed, then the rows in it that were already loaded (by a packet or an
+        event) are added back one by one; there are at most as many of those as such loads happened.
+        """
+        protos, loaded, left = pending.columns["proto"], pending.loaded, self.pending_by_proto
+        if stop - start == 1:  # one row, for a packet or an event
+            p = protos[start]
+            if not loaded[start] and p in left:
+                left[p] -= 1
+            return
+        if start >= stop:
+            return
+        raw = protos[start:stop].tobytes()
+        for p in left:
+            left[p] -= raw.count(p)
+        i = loaded.find(1, start, stop)
+        while i >= 0:
+            p = protos[i]
+            if p in left:
+                left[p] += 1
+            i = loaded.find(1, i + 1, stop)
 
     def _load_rows(
         self, pending: PendingRows, start: int, stop: int, resumed: tuple[int, int] | None

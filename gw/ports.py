@@ -35,6 +35,7 @@ RANDOM_WORDS = 1024  # 32-bit words per block: one getrandom() per 1024 draws (a
 _RANDOM_BLOCK = struct.Struct(f"!{RANDOM_WORDS}I")
 COMPACT_AT = 4096  # the rest log drops its swept head once it is this long and half swept
 _FREE_BYTE = b"\0"
+_HELD_BYTE = b"\1"
 
 
 def rest_until(freed_at_ns: int, reuse_delay_ns: int) -> int:
@@ -90,6 +91,23 @@ class PortPool:
     def free_count(self, proto: int, addr: int, low: bool = False) -> int:
         """Free ports left in one range of one (protocol, public address)."""
         return self._array(proto, addr)[1][0 if low else 1]
+
+    def usage(self) -> list[tuple[int, int, int, int]]:
+        """(protocol, public address, ports held, ports of port_range not free) for each state array.
+
+        For ``gw status``, not the packet path. Every mapping holds exactly one port, so the held count
+        is the number of mappings on that protocol and address, in any range (port 0 is held but never
+        handed out, so it is not counted). It comes from ``bytearray.count`` over the 64 KiB array:
+        25 us for an empty array and 50-130 us for a half-full one here. The cost therefore depends on
+        the number of addresses, not on the number of mappings.
+        "Not free" means held or resting, the ports a new flow cannot get, and is a count the pool
+        already keeps.
+        """
+        span = self._hi - self._lo + 1
+        return [
+            (k >> 32, k & 0xFFFFFFFF, state.count(_HELD_BYTE) - 1, span - self.free[k][1])
+            for k, state in self.state.items()
+        ]
 
     def pick(self, proto: int, addr: int, low: bool) -> int:
         """Hold a random free port of the range (low: 1-1023) and return it; -1 when the range is full."""

@@ -49,7 +49,7 @@ from gw.nat import Nat
 from gw.offload import segment, translate_partial
 from gw.router import Router
 from gw.sessions import SessionDirectory
-from gw.status import Metrics, StatusServer
+from gw.status import Metrics, StatusServer, nat_figures
 from gw.strict import Hold, public_key
 from gw.transport import wire
 from gw.transport.endpoint import GatewayConnection, TunnelServer
@@ -497,7 +497,7 @@ class Gateway:
         drops: dict[str, int] = {}
         for counts in (self.router.counts, nat.drops):
             for verdict, count in enumerate(counts):
-                if count and verdict < Route.NAT:
+                if count and verdict < Route.NAT and verdict != Drop.HELD:  # held: a fragment waiting, not dropped
                     drops[name(verdict)] = drops.get(name(verdict), 0) + count
         sessions = [
             {"client": c.client_name, "vpn_addr": c.welcome.vpn_addr, "session": c.welcome.session,
@@ -516,7 +516,7 @@ class Gateway:
             "sessions": sessions,
             "tunnel": {"handshaking": self.tunnel.handshaking, "refused_at_accept": self.tunnel.refused_at_accept,
                        "accept_errors": self.tunnel.accept_errors},
-            "nat": {"mappings": len(nat), "restoring": nat.restoring},
+            "nat": nat_figures(nat),
             "audit": {"mode": cfg.journal.audit, "refusing_new_flows": self._refuse_new,
                       **({"waiting": len(self.hold), **self.hold.counts} if self.hold is not None else {})},
             "drops": drops,

@@ -191,3 +191,25 @@ def test_strict_mode_refuses_new_flows_while_the_journal_cannot_write_and_keeps_
     seen = set(_seen(raw_world))
     missing = _unattributed(raw_world, seen)
     assert not missing, f"{len(missing)} of {len(seen)} public endpoints the internet saw are not in the journal"
+
+
+@pytest.mark.parametrize(
+    ("change", "expect"),
+    [
+        (('interface = "ext"', 'interface = "nosuch0"'), "[external] interface = 'nosuch0': no such interface"),
+        (('["198.51.100.1"]', '["198.51.100.2"]'), "198.51.100.2 is an address of this host"),
+        (('interface = "ext"', 'interface = "ext"\nnext_hop = ""'), None),  # the default route's gateway
+    ],
+    ids=["no-interface", "kernel-owns-the-address", "next-hop-from-the-route"],
+)
+def test_raw_mode_start_mistakes_are_one_line_errors(raw_world, change, expect):
+    text = raw_world.gateway_toml.read_text()
+    assert change[0] in text
+    raw_world.gateway_toml.write_text(text.replace(change[0], change[1], 1))
+    if expect is None:
+        raw_world.start_gateway()
+        assert query(raw_world.status_socket)["external"]["next_hop"] == "198.51.100.254"
+        return
+    done = subprocess.run(["ip", "netns", "exec", raw_world.ns["gw"], sys.executable, "-m", "gw", "serve", "-c",
+                           str(raw_world.gateway_toml)], capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert done.returncode == 1 and expect in done.stderr and "Traceback" not in done.stderr, done.stderr
