@@ -167,6 +167,18 @@ def render(doc: dict) -> str:
     table.add_row("journal lag (events not yet durable)", f"{journal['lag_events']:,}")
     if journal["error"]:
         table.add_row("journal error", journal["error"])
+    ext, audit = doc.get("external", {}), doc.get("audit", {})
+    if ext.get("mode", "none") != "none":
+        where = ext.get("interface", "") or "host sockets"
+        table.add_row(f"external: {ext['mode']} ({where})",
+                      " / ".join(f"{k.replace('_', ' ')} {ext[k]:,}" for k in ("sent", "received", "send_failed",
+                                                                               "sockets") if k in ext))  # fmt: skip
+        if ext.get("next_hop"):
+            table.add_row("external: next hop", f"{ext['next_hop']} at {ext.get('next_hop_mac') or 'unresolved'}")
+    if audit:
+        waiting = f"{audit.get('waiting', 0):,} packets waiting for the journal"
+        table.add_row(f"audit: {audit['mode']}",
+                      "refusing new flows (journal cannot write)" if audit.get("refusing_new_flows") else waiting)
     table.add_row("handshakes in progress / refused at accept",
                   f"{doc['tunnel']['handshaking']} / {doc['tunnel']['refused_at_accept']:,}")  # fmt: skip
     if dns["enabled"]:
