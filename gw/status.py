@@ -294,6 +294,17 @@ class Metrics:
         for key, count in doc["counts"].items():
             events.add_metric([key], count)
         yield events
+        external = CounterMetricFamily("gw_external", "External gateway counters", labels=["mode", "counter"])
+        ext = doc.get("external", {})
+        for key, value in ext.items():
+            if isinstance(value, int) and not isinstance(value, bool):
+                external.add_metric([ext.get("mode", "none"), key], value)
+        yield external
+        audit = doc.get("audit", {})
+        yield GaugeMetricFamily("gw_audit_refusing_new_flows", "1 while strict audit refuses new flows",
+                                value=1 if audit.get("refusing_new_flows") else 0)  # fmt: skip
+        yield GaugeMetricFamily("gw_audit_waiting_packets", "Packets waiting for their mapping to be durable",
+                                value=audit.get("waiting", 0))  # fmt: skip
 
 
 def _nat_metrics(nat: dict):
