@@ -9,6 +9,7 @@ Every external gateway has the same small interface (``ExternalGateway`` in ``ba
   addresses the kernel does not own; the gateway is its own host on the link (``link.py``: ARP, the
   next hop, the kernel filter). TCP, UDP, ICMP and fragments; super-packets both ways.
 - ``socket.py``: kernel sockets, one per mapping, on a public address the kernel owns (a typical VPS).
-  The kernel picks each mapping's external port. UDP and ICMP echo; TCP needs user-space termination
-  (a later step): until then a client's SYN gets an immediate RST.
+  The kernel picks each mapping's external port; ICMP errors the kernel learns (``IP_RECVERR``) are
+  rebuilt as the packets the offender sent (``icmp_errors.py``). UDP and ICMP echo; TCP needs
+  user-space termination (a later step): until then a client's SYN gets an immediate RST.
 """

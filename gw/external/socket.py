@@ -12,7 +12,8 @@ mapping's socket to the remote endpoint; what a socket receives is rebuilt into 
 remote sent (remote -> public endpoint) and handed to ``on_packet``, so inbound goes through
 ``Nat.translate_inbound`` like every other packet: filtering, timeouts and counters are the NAT's.
 
-- UDP: ``SOCK_DGRAM`` sockets. The client's TTL is kept (``IP_TTL``) so traceroute works.
+- UDP: ``SOCK_DGRAM`` sockets. The client's TTL is kept (``IP_TTL``) so traceroute works, and so is
+  its DF bit: a datagram sent without DF goes with ``IP_PMTUDISC_DONT``, so the path may fragment it.
 - ICMP echo: ICMP datagram sockets (``SOCK_DGRAM``/``IPPROTO_ICMP``): the kernel picks the echo
   identifier as it picks a port, and hands back the replies to it. They need the daemon's group in
   ``net.ipv4.ping_group_range``; without it, ping is refused (counted, logged once with the fix).
@@ -21,6 +22,15 @@ remote sent (remote -> public endpoint) and handed to ``on_packet``, so inbound 
   external port.
 - File descriptors are bounded: the soft limit is raised to the hard one at start, and past
   ``max_sockets`` a new flow is refused and counted (``sockets_full``).
+- ICMP errors about a mapping's datagrams (port or host unreachable, fragmentation needed, time
+  exceeded...) reach the client: with ``IP_RECVERR`` the kernel queues each on the socket's error queue,
+  and ``gw.external.icmp_errors`` rebuilds the error the offender sent (offender -> public endpoint,
+  quoting the datagram) for ``on_packet``, so the NAT translates it like any ICMP error from the
+  internet (counted: ``icmp_errors``). So a client's connected UDP socket is refused, its path MTU
+  discovery and traceroute work. The kernel's own errors (EMSGSIZE...) are only counted
+  (``local_errors``), as is an entry that is no IPv4 ICMP error (``other_errors``). One side effect of
+  ``IP_RECVERR`` (udp(7)): the send after an ICMP error fails with that error and sends nothing, so a
+  failed send is tried once more.
 - Fragments cannot be sent through a socket one by one; a fragmented datagram is dropped and counted
   (``fragments``). TCP is not carried (see the package docstring).
 """
@@ -36,14 +46,20 @@ import struct
 
 from gw import inet
 from gw import packet as P
+from gw.external import icmp_errors as E
 from gw.external.base import OnPacket
 from gw.nat import Nat
 from gw.verdict import Drop
+from gw.vnet import VNET_HDR_LEN
 
 log = logging.getLogger("gw.external")
-RECV_BATCH = 64  # datagrams read per readiness callback of one socket
+RECV_BATCH = 64  # datagrams (and error-queue entries) read per readiness callback of one socket
+ERRQUEUE_BYTES = 2048  # of an error-queue entry's quote: offenders quote 576 bytes (RFC 1812), or a few more
+ERRQUEUE_ANC_BYTES = socket.CMSG_SPACE(E.EXTENDED_ERR_LEN)  # the one IP_RECVERR control message
+IP_RECVERR = getattr(socket, "IP_RECVERR", 11)  # linux/in.h (the socket module has it from Python 3.12)
 FD_RESERVE = 256  # descriptors kept for everything else: tunnels, journal, listeners
 DEFAULT_TTL = 64
+IP_MTU_DISCOVER, IP_PMTUDISC_DONT, IP_PMTUDISC_WANT = 10, 0, 1  # linux/in.h
 _UDP_HEAD = struct.Struct("!HH")  # sport, dport at the L4 offset
 
 
@@ -52,14 +68,17 @@ class SocketGateway:
 
     name = "socket"
     carries_tcp = False
+    vnet = False  # what it hands to on_packet is plain IPv4
 
     def __init__(self, nat: Nat, max_sockets: int = 0) -> None:
         self.nat = nat
         self.counts = {"sockets": 0, "sockets_full": 0, "bind_failed": 0, "send_failed": 0, "fragments": 0,
-                       "no_socket": 0, "received": 0, "ping_refused": 0}  # fmt: skip
+                       "no_socket": 0, "received": 0, "ping_refused": 0, "icmp_errors": 0, "local_errors": 0,
+                       "other_errors": 0}  # fmt: skip
         self.max_sockets = max_sockets or _raise_fd_limit() - FD_RESERVE
         self._socks: dict[tuple[int, int], socket.socket] = {}  # (proto, ext port) -> socket
         self._ttl: dict[tuple[int, int], int] = {}
+        self._df: dict[tuple[int, int], bool] = {}  # whether the client's last datagram had DF
         self._on_packet: OnPacket | None = None
         self._ping_warned = False
 
@@ -98,8 +117,11 @@ class SocketGateway:
         self._register(proto, ext_addr, ext_port, sock)
         return self.nat.translate_outbound(pkt, now)
 
-    def send_outbound(self, pkt: bytearray | memoryview, now: int) -> None:
-        """Send a translated UDP datagram or ICMP echo from its mapping's socket."""
+    def send_outbound(self, pkt: bytearray | memoryview, now: int, vnet: bool = False) -> None:
+        """Send a translated UDP datagram or ICMP echo (after its virtio-net header when ``vnet``) from its
+        mapping's socket."""
+        if vnet:
+            pkt = memoryview(pkt)[VNET_HDR_LEN:]
         if P.get_u16(pkt, P.IP_FRAG)[0] & P.IP_FRAG_MASK:
             self.counts["fragments"] += 1
             return
@@ -121,14 +143,30 @@ class SocketGateway:
         if self._ttl.get(key, DEFAULT_TTL) != ttl:  # traceroute: the client's TTL goes out as it is
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
             self._ttl[key] = ttl
+        df = bool(P.get_u16(pkt, P.IP_FRAG)[0] & P.IP_DF)
+        if self._df.get(key, True) != df:  # a datagram the client let be fragmented may be fragmented
+            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_WANT if df else IP_PMTUDISC_DONT)
+            self._df[key] = df
         try:
             sock.sendto(payload, where)
-        except OSError:
+        except BlockingIOError:
             self.counts["send_failed"] += 1
+        except OSError:  # maybe an earlier datagram's ICMP error (IP_RECVERR), reported once and cleared
+            try:
+                sock.sendto(payload, where)
+            except OSError:
+                self.counts["send_failed"] += 1
+
+    def tick(self, now: int) -> None:
+        """Nothing periodic: each socket is read when it is readable."""
+
+    def describe(self) -> dict:
+        return {"max_sockets": self.max_sockets}
 
     def mapping_ended(self, proto: int, ext_addr: int, ext_port: int) -> None:
         sock = self._socks.pop((proto, ext_port), None)
         self._ttl.pop((proto, ext_port), None)
+        self._df.pop((proto, ext_port), None)
         if sock is not None:
             asyncio.get_running_loop().remove_reader(sock.fileno())
             sock.close()
@@ -151,6 +189,7 @@ class SocketGateway:
             return None
         try:
             sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)  # ICMP errors queued, for the client
             sock.bind((inet.ntoa(ext_addr), port))
         except OSError as e:
             sock.close()
@@ -174,14 +213,17 @@ class SocketGateway:
         asyncio.get_running_loop().add_reader(sock.fileno(), self._readable, proto, ext_addr, ext_port, sock)
 
     def _readable(self, proto: int, ext: int, ext_port: int, sock: socket.socket) -> None:
-        """Datagrams for one mapping: rebuilt as the packets the remote sent, for the NAT (one batch)."""
+        """Datagrams for one mapping, and ICMP errors about its own: rebuilt as the packets the remote (or
+        the offender) sent, for the NAT (one batch)."""
         batch = []
+        failed = False
         for _ in range(RECV_BATCH):
             try:
                 data, (raddr, rport) = sock.recvfrom(65535)
             except BlockingIOError:
                 break
-            except OSError:  # an ICMP error the kernel reports on the socket (port unreachable...)
+            except OSError:  # an ICMP error's errno, reported once; the error waits on the error queue
+                failed = True
                 continue
             remote = inet.aton(raddr)
             if proto == P.PROTO_UDP:
@@ -190,7 +232,38 @@ class SocketGateway:
                 batch.append(P.build_ipv4(remote, ext, P.PROTO_ICMP, data))
         if batch:
             self.counts["received"] += len(batch)
+        # The error queue: after recvfrom reported an error, or when a wakeup had nothing to read. That is
+        # EPOLLERR, level-triggered while the queue holds an entry whose errno a send took or that set none
+        # (the kernel's own errors): left there, it would wake the loop again and again.
+        if failed or not batch:
+            self._read_errors(proto, ext, ext_port, sock, batch)
+        if batch:
             self._on_packet(batch)
+
+    def _read_errors(self, proto: int, ext: int, ext_port: int, sock: socket.socket, batch: list) -> None:
+        """Empty the socket's error queue (a bounded batch): each ICMP error, as its offender sent it."""
+        counts, recvmsg = self.counts, sock.recvmsg
+        for _ in range(RECV_BATCH):
+            try:
+                quoted, anc, _flags, remote = recvmsg(ERRQUEUE_BYTES, ERRQUEUE_ANC_BYTES, socket.MSG_ERRQUEUE)
+            except OSError:  # BlockingIOError: the queue is empty
+                break
+            err = None
+            for level, kind, data in anc:
+                if level == socket.IPPROTO_IP and kind == IP_RECVERR:
+                    err = E.decode_extended_err(data)
+            if err is not None and err.origin == E.SO_EE_ORIGIN_LOCAL:
+                counts["local_errors"] += 1
+                continue
+            pkt = None
+            if err is not None and isinstance(remote, tuple):
+                raddr, rport = remote
+                pkt = E.build_offender_error(proto, ext, ext_port, inet.aton(raddr), rport, quoted, err)
+            if pkt is None:
+                counts["other_errors"] += 1
+            else:
+                counts["icmp_errors"] += 1
+                batch.append(pkt)
 
 
 def _raise_fd_limit() -> int:

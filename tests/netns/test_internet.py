@@ -88,3 +88,97 @@ def test_after_a_gateway_restart_a_flow_goes_on_from_the_same_public_port(world)
     assert len(set(seen)) == 1, seen  # every datagram, before and after the crash, from one public port
     assert answered >= 20, answered  # the client reconnects within seconds and the flow goes on
     assert _holders(world, seen[0]) == ["alice"]
+
+
+CLOSED_PORT = 9  # discard: nothing listens there on the internet host
+# The client's side of test_icmp_errors...: three connected UDP sockets, one per ICMP error (linux/in.h
+# constants: the socket module has them from Python 3.12 on), and a ping with TTL 2 on a raw socket.
+_ICMP_ERRORS_CLIENT = f"""
+import errno, json, socket, struct
+IP_MTU_DISCOVER, IP_PMTUDISC_DO, IP_RECVERR, IP_MTU = 10, 2, 11, 14
+def udp(port, *options):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    for option, value in options:
+        s.setsockopt(socket.IPPROTO_IP, option, value)
+    s.connect(({INTERNET_HOST!r}, port))
+    return s
+def name(e):
+    return errno.errorcode.get(e.errno, "timeout")  # a TimeoutError has no errno
+def outcome(s, size):
+    try:
+        s.recv(size)
+        return "answered"
+    except OSError as e:
+        return name(e)
+out = {{}}
+closed = udp({CLOSED_PORT})
+closed.send(b"knock")
+out["closed"] = outcome(closed, 100)
+big = udp({ECHO_PORT}, (IP_MTU_DISCOVER, IP_PMTUDISC_DO))
+big.send(b"x" * 1372)  # 1400 bytes with its headers: the tunnel's MTU, over the router's 1280
+out["big"] = outcome(big, 2000)
+out["mtu"] = big.getsockopt(socket.IPPROTO_IP, IP_MTU)
+try:
+    big.send(b"x" * 1372)
+    out["again"] = "sent"
+except OSError as e:
+    out["again"] = name(e)
+hop = udp({ECHO_PORT}, (socket.IP_TTL, 2), (IP_RECVERR, 1))  # one hop for the gateway, the second for the router
+hop.send(b"trace")
+out["hop"] = outcome(hop, 100)
+try:
+    _, anc, _, _ = hop.recvmsg(100, 512, socket.MSG_ERRQUEUE)
+    ee = anc[0][2]
+    out["hop_error"] = [ee[5], ee[6], socket.inet_ntoa(ee[20:24])]  # type, code, offender
+except OSError as e:
+    out["hop_error"] = name(e)
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+raw.settimeout(2)
+raw.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 2)
+echo = struct.pack("!BBHHH", 8, 0, 0, 0x4242, 1) + b"p" * 16
+s = sum(struct.unpack("!12H", echo))
+s = (s & 0xFFFF) + (s >> 16)
+raw.sendto(echo[:2] + struct.pack("!H", ~(s + (s >> 16)) & 0xFFFF) + echo[4:], ({INTERNET_HOST!r}, 0))
+out["ping_hop"] = "timeout"
+try:
+    while True:
+        pkt, (src, _) = raw.recvfrom(2000)
+        at = (pkt[0] & 15) * 4
+        quoted = at + 8 + (pkt[at + 8] & 15) * 4
+        if pkt[at] == 11 and pkt[quoted] == 8 and pkt[quoted + 4 : quoted + 6] == b"\x42\x42":
+            out["ping_hop"] = [pkt[at], src]  # time exceeded, quoting our echo and its identifier
+            break
+except TimeoutError:
+    pass
+print(json.dumps(out))
+"""
+
+
+def test_icmp_errors_about_a_clients_datagrams_come_back_to_it_through_the_socket_gateway(world):
+    """Port unreachable, fragmentation needed and time exceeded reach the gateway's sockets (IP_RECVERR)
+    and come back to the client as ICMP errors about its own datagrams: its kernel refuses the connected
+    socket, learns the path MTU of the router's 1280-byte link, and names the router as the second hop
+    (UDP and ping)."""
+    import json
+
+    from gw.lab.world import ROUTER
+
+    world.start()
+    run = world.run("c1", sys.executable, "-c", _ICMP_ERRORS_CLIENT, timeout=20)  # three 2 s waits at most
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["closed"] == "ECONNREFUSED", out
+    assert out["big"] == "EMSGSIZE" and out["mtu"] == 1280 and out["again"] == "EMSGSIZE", out
+    assert out["hop"] == "EHOSTUNREACH" and out["hop_error"] == [11, 0, ROUTER], out
+    assert out["ping_hop"] == [11, ROUTER], out  # through the gateway's ICMP socket
+    assert query(world.status_socket)["external"]["icmp_errors"] >= 4
+
+
+def test_a_datagram_the_client_sent_without_df_may_be_fragmented_on_the_path(world):
+    """1300 bytes without DF cross the 1280-byte link: the socket gateway sends them without DF too."""
+    world.start()
+    code = ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)\n"
+            "s.setsockopt(socket.IPPROTO_IP, 10, 0)  # IP_MTU_DISCOVER = IP_PMTUDISC_DONT: no DF\n"
+            f"s.sendto(b'd' * 1300, ({INTERNET_HOST!r}, {ECHO_PORT})); print(len(s.recv(2000)))")
+    assert world.run("c1", sys.executable, "-c", code).stdout.strip() == "1300"
+    assert "udp echo 1300 bytes" in (world.dir / "internet.log").read_text()

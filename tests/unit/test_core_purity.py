@@ -28,6 +28,9 @@ CORES = [
     "gw/sessions.py",
     "gw/offload.py",
     "gw/dnsproxy.py",
+    "gw/strict.py",
+    "gw/external/link.py",
+    "gw/external/icmp_errors.py",
     "journal/events.py",
 ]
 # I/O, event loops, threads, clocks, logging (the shell's job). subprocess and datetime for the same reasons.
