@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import random
+import select
 import socket
 import struct
 import sys
@@ -235,7 +236,160 @@ def udp_listen(addr: str, port: int, seconds: float) -> dict:
     return {"received": got}
 
 
-PROBES = {f.__name__: f for f in (ping, dns, udp_echo, tcp_echo, http_get, spoofed_udp, udp_listen)}
+# linux/in.h and linux/errqueue.h (the socket module has the IP ones from Python 3.12 on)
+IP_MTU_DISCOVER, IP_PMTUDISC_DO, IP_RECVERR, IP_MTU = 10, 2, 11, 14
+MSG_ERRQUEUE = 0x2000
+SO_EE_ORIGIN_ICMP = 2
+# struct sock_extended_err (errno, origin, type, code, pad, info, data), then the offender's sockaddr_in
+_SOCK_EXTENDED_ERR = struct.Struct("=IBBBBII")
+TRACEROUTE_PORT = 33434  # the first destination port, one more per hop (traceroute's default)
+MAX_HOPS = 30  # bound one traceroute: the lab's path is three hops
+MAX_DATAGRAMS = 100  # bound what one UDP probe collects: the lab's exchanges are a few datagrams
+
+
+def _icmp_error(s: socket.socket, deadline: float, answers: list[int] | None = None) -> dict | None:
+    """The first ICMP error queued on ``s`` (IP_RECVERR) before ``deadline``: its errno, ICMP type, code and
+    info (the MTU of a "fragmentation needed"), and the offender (the host that sent it); None if none came.
+    Datagrams that arrive meanwhile are read, their lengths appended to ``answers``."""
+    poller = select.poll()
+    poller.register(s, select.POLLIN)  # POLLERR is always reported: an error is queued
+    while (left := deadline - time.monotonic()) > 0:
+        if not poller.poll(left * 1e3):
+            break
+        try:
+            _, ancillary, _, _ = s.recvmsg(512, 512, MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+        except BlockingIOError:  # no error queued: a datagram (an answer), not what we wait for
+            try:
+                n = len(s.recv(65536, socket.MSG_DONTWAIT))
+            except OSError:
+                continue
+            if answers is not None:
+                answers.append(n)
+            continue
+        for level, kind, data in ancillary:
+            if level != socket.IPPROTO_IP or kind != IP_RECVERR or len(data) < _SOCK_EXTENDED_ERR.size:
+                continue
+            errno_, origin, icmp_type, code, _, info, _ = _SOCK_EXTENDED_ERR.unpack_from(data)
+            offender = None
+            if len(data) >= 24 and struct.unpack_from("=H", data, 16)[0] == socket.AF_INET:
+                offender = socket.inet_ntoa(data[20:24])  # SO_EE_OFFENDER: sockaddr_in after the error
+            return {"errno": errno_, "icmp": origin == SO_EE_ORIGIN_ICMP, "type": icmp_type, "code": code,
+                    "info": info, "from": offender}  # fmt: skip
+    return None
+
+
+def traceroute(dst: str, max_hops: int = MAX_HOPS) -> dict:
+    """UDP datagrams to ``dst`` with TTL 1, 2, ... (ports 33434, 33435, ...), each from its own socket, its
+    ICMP error read with IP_RECVERR: per hop the offender, ICMP type and code (None: no answer in WAIT_S).
+    Stops at the first error from ``dst`` itself (port unreachable: arrived)."""
+    hops = []
+    for ttl in range(1, min(max_hops, MAX_HOPS) + 1):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+            s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+            s.sendto(b"gw lab traceroute", (dst, TRACEROUTE_PORT + ttl - 1))
+            err = _icmp_error(s, time.monotonic() + WAIT_S)
+        if err is None or not err["icmp"]:
+            hops.append({"ttl": ttl, "from": None, "type": None, "code": None})
+            continue
+        hops.append({"ttl": ttl, "from": err["from"], "type": err["type"], "code": err["code"]})
+        if err["from"] == dst:
+            break
+    return {"hops": hops}
+
+
+def pmtu(dst: str, port: int, size: int) -> dict:
+    """One ``size``-byte datagram (headers included) with DF (IP_PMTUDISC_DO) on a connected UDP socket to
+    ``dst``: the ICMP error it got (``icmp``, read with IP_RECVERR: type, code, info = the next hop's MTU,
+    offender; None if none came in WAIT_S), whether it was answered, and the socket's path MTU (IP_MTU)
+    before and after."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+        s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+        s.connect((dst, port))
+        mtu_before = s.getsockopt(socket.IPPROTO_IP, IP_MTU)
+        s.send(b"x" * (size - 28))  # 20 bytes of IPv4 header, 8 of UDP
+        answers: list[int] = []
+        err = _icmp_error(s, time.monotonic() + WAIT_S, answers)
+        return {"icmp": None if err is None else {k: err[k] for k in ("type", "code", "info", "from")},
+                "answered": bool(answers), "mtu_before": mtu_before,
+                "mtu": s.getsockopt(socket.IPPROTO_IP, IP_MTU)}  # fmt: skip
+
+
+def udp_talk(targets: list, seconds: float, bind_port: int = 0, count: int = 0,
+             answer_pings: bool = False) -> dict:  # fmt: skip
+    """From one UDP socket (bound to ``bind_port``, 0: any), a datagram to each ``[addr, port, text]`` of
+    ``targets``, then every datagram that arrives for ``seconds`` (or until ``count`` of them, if given),
+    with its source. With ``answer_pings``, one whose text starts with "ping" is answered "pong..." to its
+    source (one answer each, never to an answer: no loop). Returns the socket's port and what came."""
+    got = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("0.0.0.0", bind_port))
+        for addr, port, text in targets:
+            s.sendto(text.encode(), (addr, port))
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0 and len(got) < (count or MAX_DATAGRAMS):
+            s.settimeout(left)
+            try:
+                data, peer = s.recvfrom(65536)
+            except TimeoutError:
+                break
+            got.append({"from": f"{peer[0]}:{peer[1]}", "data": data.decode(errors="replace")})
+            if answer_pings and data.startswith(b"ping"):
+                s.sendto(b"pong" + data[4:], peer)
+        return {"port": s.getsockname()[1], "received": got}
+
+
+def udp_answer(addr: str, port: int, sources: list, seconds: float) -> dict:
+    """Wait up to ``seconds`` for one datagram on ``addr:port``, then answer its source once from each
+    ``[src_addr, src_port, text]`` of ``sources`` (a socket bound there; ``addr:port`` itself is the
+    listening one): how a host behind a NAT learns which remote endpoints its NAT lets in."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((addr, port))
+        s.settimeout(seconds)
+        try:
+            _, peer = s.recvfrom(65536)
+        except TimeoutError:
+            return {"peer": None, "sent": []}
+        sent = []
+        for src_addr, src_port, text in sources:
+            if (src_addr, src_port) == (addr, port):
+                s.sendto(text.encode(), peer)
+            else:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+                    other.bind((src_addr, src_port))
+                    other.sendto(text.encode(), peer)
+            sent.append(text)
+            time.sleep(0.05)  # in the order given: what is sent last arrives last
+    return {"peer": f"{peer[0]}:{peer[1]}", "sent": sent}
+
+
+def udp_flows(dst: str, port: int, sizes: list, wait_s: float = 1.0) -> dict:
+    """One new UDP socket (a new flow) per entry of ``sizes``, in turn: a datagram of that many bytes to
+    the echo server ``dst:port``, and whether it came back within ``wait_s``; and each socket's port. The
+    sockets stay open until the last flow has had its answer."""
+    answered = []
+    sockets = []
+    try:
+        for size in sizes:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sockets.append(s)
+            s.settimeout(wait_s)
+            payload = os.urandom(size)
+            s.sendto(payload, (dst, port))
+            try:
+                answered.append(s.recv(65536) == payload)
+            except TimeoutError:
+                answered.append(False)
+        ports = [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+    return {"answered": answered, "ports": ports}
+
+
+PROBES = {f.__name__: f for f in (ping, dns, udp_echo, tcp_echo, http_get, spoofed_udp, udp_listen,
+                                   traceroute, pmtu, udp_talk, udp_answer, udp_flows)}  # fmt: skip
 
 
 def main(argv: list[str]) -> int:
