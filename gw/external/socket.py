@@ -12,8 +12,10 @@ mapping's socket to the remote endpoint; what a socket receives is rebuilt into 
 remote sent (remote -> public endpoint) and handed to ``on_packet``, so inbound goes through
 ``Nat.translate_inbound`` like every other packet: filtering, timeouts and counters are the NAT's.
 
-- UDP: ``SOCK_DGRAM`` sockets. The client's TTL is kept (``IP_TTL``) so traceroute works, and so is
-  its DF bit: a datagram sent without DF goes with ``IP_PMTUDISC_DONT``, so the path may fragment it.
+- UDP: ``SOCK_DGRAM`` sockets. A client's UDP super-packet (its TUN's USO) leaves in one ``sendmsg``
+  with ``UDP_SEGMENT``, cut by the kernel into the datagrams it was made of. The client's TTL is kept
+  (``IP_TTL``) so traceroute works, and so is its DF bit: a datagram sent without DF goes with
+  ``IP_PMTUDISC_DONT``, so the path may fragment it.
 - ICMP echo: ICMP datagram sockets (``SOCK_DGRAM``/``IPPROTO_ICMP``): the kernel picks the echo
   identifier as it picks a port, and hands back the replies to it. They need the daemon's group in
   ``net.ipv4.ping_group_range``; without it, ping is refused (counted, logged once with the fix).
@@ -46,11 +48,11 @@ import struct
 
 from gw import inet
 from gw import packet as P
+from gw import vnet as V
 from gw.external import icmp_errors as E
 from gw.external.base import OnPacket
 from gw.nat import Nat
 from gw.verdict import Drop
-from gw.vnet import VNET_HDR_LEN
 
 log = logging.getLogger("gw.external")
 RECV_BATCH = 64  # datagrams (and error-queue entries) read per readiness callback of one socket
@@ -60,6 +62,8 @@ IP_RECVERR = getattr(socket, "IP_RECVERR", 11)  # linux/in.h (the socket module 
 FD_RESERVE = 256  # descriptors kept for everything else: tunnels, journal, listeners
 DEFAULT_TTL = 64
 IP_MTU_DISCOVER, IP_PMTUDISC_DONT, IP_PMTUDISC_WANT = 10, 0, 1  # linux/in.h
+SOL_UDP, UDP_SEGMENT = 17, 103  # linux/udp.h: send one buffer as datagrams of this size (GSO)
+_U16 = struct.Struct("=H")
 _UDP_HEAD = struct.Struct("!HH")  # sport, dport at the L4 offset
 
 
@@ -120,8 +124,11 @@ class SocketGateway:
     def send_outbound(self, pkt: bytearray | memoryview, now: int, vnet: bool = False) -> None:
         """Send a translated UDP datagram or ICMP echo (after its virtio-net header when ``vnet``) from its
         mapping's socket."""
+        segment = 0
         if vnet:
-            pkt = memoryview(pkt)[VNET_HDR_LEN:]
+            gso_type, gso_size = pkt[1] & ~V.VNET_GSO_ECN, V.read_header(pkt)[3]
+            segment = gso_size if gso_type == V.VNET_GSO_UDP_L4 else 0  # a UDP super-packet: sent as one
+            pkt = memoryview(pkt)[V.VNET_HDR_LEN :]
         if P.get_u16(pkt, P.IP_FRAG)[0] & P.IP_FRAG_MASK:
             self.counts["fragments"] += 1
             return
@@ -147,13 +154,14 @@ class SocketGateway:
         if self._df.get(key, True) != df:  # a datagram the client let be fragmented may be fragmented
             sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_WANT if df else IP_PMTUDISC_DONT)
             self._df[key] = df
+        gso = [(SOL_UDP, UDP_SEGMENT, _U16.pack(segment))] if segment and proto == P.PROTO_UDP else []
         try:
-            sock.sendto(payload, where)
+            sock.sendmsg([payload], gso, 0, where)
         except BlockingIOError:
             self.counts["send_failed"] += 1
         except OSError:  # maybe an earlier datagram's ICMP error (IP_RECVERR), reported once and cleared
             try:
-                sock.sendto(payload, where)
+                sock.sendmsg([payload], gso, 0, where)
             except OSError:
                 self.counts["send_failed"] += 1
 

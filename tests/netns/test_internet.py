@@ -182,3 +182,16 @@ def test_a_datagram_the_client_sent_without_df_may_be_fragmented_on_the_path(wor
             f"s.sendto(b'd' * 1300, ({INTERNET_HOST!r}, {ECHO_PORT})); print(len(s.recv(2000)))")
     assert world.run("c1", sys.executable, "-c", code).stdout.strip() == "1300"
     assert "udp echo 1300 bytes" in (world.dir / "internet.log").read_text()
+
+
+def test_a_udp_super_packet_from_the_client_leaves_as_the_datagrams_it_was_made_of(world):
+    """A client sending with UDP_SEGMENT hands its TUN one super-packet (USO): the socket gateway sends
+    it with UDP_SEGMENT too, so the internet host gets 500-byte datagrams, not one of 3000 bytes."""
+    world.start()
+    code = ("import socket, struct; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)\n"
+            "s.setsockopt(socket.SOL_UDP, 103, 500)  # UDP_SEGMENT\n"
+            f"s.sendto(b'g' * 3000, ({INTERNET_HOST!r}, {ECHO_PORT}))\n"
+            "print(sorted(len(s.recv(4000)) for _ in range(6)))")
+    assert world.run("c1", sys.executable, "-c", code).stdout.strip() == str([500] * 6)
+    assert _seen(world) and all(ln.startswith("udp echo 500 bytes") for ln in
+                                (world.dir / "internet.log").read_text().splitlines() if ln.startswith("udp echo"))
