@@ -237,3 +237,15 @@ def test_a_client_over_its_mapping_quota_is_refused_and_journaled(raw_world):
 def _quota_hits(world: LabWorld) -> list[QuotaHit]:
     """The QuotaHit events in the gateway's journal so far (the writer may still hold the newest)."""
     return [e for e in Journal(world.journal).events() if isinstance(e, QuotaHit)]
+
+
+def test_a_udp_super_packet_from_the_client_leaves_as_the_datagrams_it_was_made_of(raw_world):
+    """UDP_SEGMENT on the client: one super-packet through the tunnel and the NAT, cut by the kernel
+    behind the AF_PACKET socket (GSO) into the 500-byte datagrams the internet host sees."""
+    raw_world.start()
+    code = ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)\n"
+            "s.setsockopt(socket.SOL_UDP, 103, 500)  # UDP_SEGMENT\n"
+            f"s.sendto(b'g' * 3000, ({INTERNET_HOST!r}, {ECHO_PORT}))\n"
+            "print(sorted(len(s.recv(4000)) for _ in range(6)))")
+    assert raw_world.run("c1", sys.executable, "-c", code).stdout.strip() == str([500] * 6)
+    assert [size for size, _ in _seen(raw_world)] == [500] * 6
