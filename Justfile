@@ -24,14 +24,18 @@ bench:
     python -m bench.nat
     python -m bench.journal
 
-# the tools bench.tunnel compares gw with (Debian packages; root)
+# the tools bench.tunnel and bench.e2e compare gw with (Debian packages; root)
 bench-deps:
-    command -v iperf3 >/dev/null && command -v wireguard-go >/dev/null && command -v wg >/dev/null || \
-        apt-get install -y -q iperf3 wireguard-go wireguard-tools
+    command -v iperf3 >/dev/null && command -v wireguard-go >/dev/null && command -v wg >/dev/null && \
+        command -v nft >/dev/null || apt-get install -y -q iperf3 wireguard-go wireguard-tools nftables
 
 # gw against wireguard-go and kernel forwarding in the lab's namespaces (root; minutes); ends with one JSON line
 bench-tunnel *args: bench-deps
     python -m bench.tunnel {{args}}
+
+# client to internet through gw's NAT, wireguard-go and the kernel; new flows/s by audit mode (root; minutes)
+bench-e2e *args: bench-deps
+    python -m bench.e2e {{args}}
 
 # the whole VPN in throwaway network namespaces (root): build, check, report, remove
 lab *args:

@@ -1,0 +1,158 @@
+"""bench.e2e's pure parts, without a network: iperf3's JSON, the statistics, the ratios, the report,
+the gateway configuration it writes. The lab run itself is ``python -m bench.e2e`` (root)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench import e2e
+from bench.lab import check_iperf, fmt, retransmits, stats, tcp_mbit, udp_received_pps
+from gw import config
+from gw.lab.world import LabError, LabWorld
+
+# iperf3 -J, trimmed to the fields the benchmark reads (the shapes of iperf3 3.12's output)
+TCP_RUN = {
+    "start": {"test_start": {"protocol": "TCP", "duration": 5}},
+    "end": {
+        "sum_sent": {"seconds": 5.0, "bytes": 2_500_000_000, "bits_per_second": 4.0e9, "retransmits": 3},
+        "sum_received": {"seconds": 5.0, "bytes": 2_487_500_000, "bits_per_second": 3.98e9},
+    },
+}
+UDP_RUN = {
+    "start": {"test_start": {"protocol": "UDP", "blksize": 64}},
+    "end": {
+        "sum": {"seconds": 5.0, "bytes": 19_200_000, "bits_per_second": 3.07e7, "jitter_ms": 0.01,
+                "lost_packets": 50_000, "packets": 300_000, "lost_percent": 16.7},
+    },
+}  # fmt: skip
+REFUSED = {"start": {}, "intervals": [], "end": {}, "error": "unable to connect to server: Connection refused"}
+
+
+def test_iperf_figures() -> None:
+    assert tcp_mbit(TCP_RUN) == pytest.approx(3980.0)
+    assert retransmits(TCP_RUN) == 3
+    assert udp_received_pps(UDP_RUN) == pytest.approx(50_000.0)  # (300,000 - 50,000) / 5 s
+
+
+def test_iperf_without_retransmits_or_time() -> None:
+    run = {"end": {"sum_sent": {"bits_per_second": 1.0}, "sum_received": {"bits_per_second": 1e6}}}
+    assert retransmits(run) == 0
+    assert udp_received_pps({"end": {"sum": {"seconds": 0, "packets": 0, "lost_packets": 0}}}) == 0.0
+
+
+def test_iperf_error_is_a_lab_error() -> None:
+    assert check_iperf(TCP_RUN, "up") is TCP_RUN
+    with pytest.raises(LabError, match="Connection refused"):
+        check_iperf(REFUSED, "up")
+    with pytest.raises(LabError, match="no result"):
+        check_iperf({}, "up")
+
+
+def test_stats_and_fmt() -> None:
+    s = stats([3.0, 1.0, 2.0])
+    assert (s["median"], s["min"], s["max"], s["runs"]) == (2.0, 1.0, 3.0, [3.0, 1.0, 2.0])
+    assert fmt(stats([1000.0, 2000.0, 4000.0]), "Mbit/s") == "2,000 Mbit/s (1,000-4,000)"
+    assert fmt(stats([0, 1, 0]), "") == "0 (0-1)"
+
+
+@pytest.mark.parametrize(
+    ("values", "q", "expected"),
+    [
+        ([5], 50, 5),
+        ([5], 99, 5),
+        ([1, 2, 3, 4], 50, 2),  # nearest rank: ceil(4 * 0.5) = 2nd
+        (list(range(1, 101)), 99, 99),
+        (list(range(1, 201)), 99, 198),
+        (list(range(100, 0, -1)), 50, 50),  # order does not matter
+    ],
+)
+def test_percentile(values: list[int], q: float, expected: int) -> None:
+    assert e2e.percentile(values, q) == expected
+
+
+def test_latency_ms() -> None:
+    assert e2e.latency_ms([1_000_000, 3_000_000, 2_000_000]) == {"median": 2.0, "p99": 3.0, "count": 3}
+    empty = e2e.latency_ms([])
+    assert math.isnan(empty["median"]) and empty["count"] == 0
+
+
+def test_ratios() -> None:
+    gw = {"tcp_up": stats([5000.0]), "tcp_down": stats([4000.0]), "udp64_pps": stats([60_000.0])}
+    wg = {"tcp_up": stats([500.0]), "tcp_down": stats([0.0]), "udp64_pps": stats([20_000.0])}
+    kernel = {"tcp_up": stats([20_000.0])}
+    flows = {"fast": {"flows_per_s": stats([10_000.0]), "new_median_ms": stats([0.3])},
+             "strict": {"flows_per_s": stats([5_000.0]), "new_median_ms": stats([3.0])}}  # fmt: skip
+    found = e2e.ratios({"gw": gw, "wireguard-go": wg, "kernel": kernel, "flows": flows})
+    assert found["gw_over_wireguard_go_tcp_up"] == pytest.approx(10.0)
+    assert "gw_over_wireguard_go_tcp_down" not in found  # a zero divisor gives no ratio
+    assert found["gw_over_wireguard_go_udp64_pps"] == pytest.approx(3.0)
+    assert found["gw_over_kernel_tcp_up"] == pytest.approx(0.25)
+    assert "gw_over_kernel_tcp_down" not in found
+    assert found["strict_over_fast_flows_per_s"] == pytest.approx(0.5)
+    assert found["strict_over_fast_new_median_ms"] == pytest.approx(10.0)
+    assert e2e.ratios({"gw": gw}) == {}  # nothing to compare with (--only gw)
+
+
+def test_report_lists_every_system_and_mode() -> None:
+    fig = {k: stats([1.0, 2.0]) for k in ("tcp_up", "tcp_down", "udp64_pps", "rtt_ms", "cpu_s_per_gbit",
+                                          "tcp_retransmits")}  # fmt: skip
+    flow = {k: stats([1.0]) for k in (*e2e.FLOW_KEYS, "lost")}
+    results = {"gw": fig, "wireguard-go": fig, "kernel": fig, "flows": {"fast": flow, "strict": flow}}
+    text = "\n".join(e2e.report(results, e2e.ratios(results)))
+    assert "gw (raw NAT)" in text and "wireguard-go" in text and "kernel" in text
+    assert "audit = strict" in text and "1.00x" in text
+    assert e2e.report({}, {}) == []
+
+
+def test_render_aligns_columns() -> None:
+    lines = e2e.render(["a", "bb"], [["long name", "1"], ["x", "22"]])
+    assert len({len(line) for line in lines}) == 1
+    assert lines[2].startswith("long name") and lines[3].endswith("22")
+
+
+def test_concerns() -> None:
+    good = {"tcp_up": stats([4000.0]), "tcp_down": stats([4000.0]), "tcp_retransmits": stats([0, 0]),
+            "status": {"external": {"send_failed": 0}, "drops": {}}}  # fmt: skip
+    assert e2e.concerns(good) == []
+    bad = {"tcp_up": stats([800.0]), "tcp_retransmits": stats([0, 12]),
+           "status": {"external": {"send_failed": 4}, "drops": {"no_mapping": 2}}}  # fmt: skip
+    notes = e2e.concerns(bad)
+    assert any("below 1 Gbit/s" in n for n in notes)
+    assert any("retransmissions" in n for n in notes)
+    assert "external.send_failed = 4" in notes
+    assert any("no_mapping" in n for n in notes)
+
+
+def test_status_summary_keeps_counters() -> None:
+    doc = {"external": {"mode": "raw", "send_failed": 1}, "drops": {"no_mapping": 0, "quota": 2},
+           "counts": {"segmented": 5, "to_host": 0}, "audit": {"mode": "strict", "held": 7},
+           "journal": {"last_seq": 9, "durable_seq": 8, "lag_events": 1, "error": "", "directory": "/x"}}  # fmt: skip
+    s = e2e.status_summary(doc)
+    assert s["drops"] == {"quota": 2} and s["counts"] == {"segmented": 5}
+    assert s["external"]["send_failed"] == 1 and s["audit"]["held"] == 7
+    assert s["journal"] == {"last_seq": 9, "durable_seq": 8, "lag_events": 1, "error": ""}
+
+
+@pytest.mark.parametrize("audit", e2e.AUDIT_MODES)
+def test_gateway_config_is_a_valid_gateway_toml(tmp_path, audit: str) -> None:
+    world = LabWorld("unit", tmp_path, external="raw")
+    world._write_configs()  # the lab's own file, so that a change of its shape shows here
+    text = e2e.gateway_config(world.gateway_toml.read_text(), tmp_path / "journal-x", audit)
+    cfg = config.parse(text)
+    assert cfg.journal.audit == audit
+    assert cfg.journal.directory == str(tmp_path / "journal-x")
+    assert cfg.nat.max_mappings_per_client == cfg.nat.max_remotes_per_client == e2e.FLOW_QUOTA
+    assert cfg.external.mode == "raw" and cfg.nat.external_addresses == ["198.51.100.1"]
+
+
+def test_gateway_config_refuses_an_unknown_shape() -> None:
+    with pytest.raises(LabError):
+        e2e.gateway_config('[tunnel]\nlisten = "0.0.0.0:8443"\n', "/tmp/j", "fast")
+
+
+def test_flow_client_is_hidden_from_help(capsys) -> None:
+    with pytest.raises(SystemExit):
+        e2e.main(["--help"])
+    assert "--flow-client" not in capsys.readouterr().out
