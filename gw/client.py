@@ -7,7 +7,7 @@ welcome says how to set up the TUN (address, prefix, MTU). The TUN is opened wit
 (``gw.tun``), and packets cross in both directions with their vnet headers, so a TCP super-packet of
 64 KB is read, sent and written whole. Only the VPN subnet is routed through the tunnel (the route the
 kernel adds with the TUN's address); nothing else on the host changes. When the tunnel ends, the client
-reconnects after 1 s, doubling to 30 s; the TUN is removed on exit.
+reconnects at once, then after 0.25 s doubling to 30 s (jittered); the TUN is removed on exit.
 
 ``routes`` in client.toml adds prefixes through the tunnel (``gw.routes``); ``0.0.0.0/0`` sends everything
 and keeps the gateway's endpoint on the path it had. They are added once the first tunnel is up and
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import signal
 import sys
 
@@ -33,7 +34,10 @@ else:
     from gw.tun import TunDevice
 
 log = logging.getLogger("gw.client")
-BACKOFF_FIRST_S, BACKOFF_MAX_S = 1.0, 30.0
+# a lost tunnel is tried again at once, then after 0.25 s doubling to 30 s, each wait jittered by +-50 %:
+# a restarted gateway (about half a second) gets its clients back within a second, and a gateway that
+# stays down is not met by all its clients in step
+BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.25, 30.0
 TUN_BATCH = 64
 
 
@@ -54,8 +58,9 @@ async def run_client(config: ClientConfig, stop: asyncio.Event) -> int:
                 log.error("the gateway at %s: %s", config.gateway.endpoint, e)
                 return 2
             except (OSError, ConnectionError, TimeoutError) as e:
-                log.warning("cannot reach %s (%s): again in %.0f s", config.gateway.endpoint, e, backoff)
-                await _wait(stop, backoff)
+                wait = backoff * random.uniform(0.5, 1.5)
+                log.warning("cannot reach %s (%s): again in %.1f s", config.gateway.endpoint, e, wait)
+                await _wait(stop, wait)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
                 continue
             backoff = BACKOFF_FIRST_S
