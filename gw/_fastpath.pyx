@@ -272,6 +272,8 @@ cdef object _inbound(nat, pkt, uint8_t* b, Py_ssize_t n, now):
     r = (<uint64_t>src << 16 | sport) & rmask
     remotes = m.remotes
     if r != m.remote and (remotes is None or r not in remotes):
+        if m.remote == _NO_REMOTE:  # restored without its remote: the general path decides
+            return nat._inbound(pkt, now)
         return nat._drop(_FILTERED)
     if flags & TCP_STATE_FLAGS or m.state == _SYN_OUT:
         nat._track_tcp(m, flags, False, now, pkt)

@@ -218,6 +218,7 @@ class Nat:
         self.released_inbound: list[bytearray] = []  # ... and to clients (hairpinned ones too)
         self.drops = [0] * P.DROP_COUNT
         self.remotes_refused = 0  # remotes not admitted: a mapping's or a client's budget was full
+        self.remotes_learned = 0  # restored mappings that took their first inbound remote (see _learn_restored_remote)
         self.rsts_ignored = 0  # inbound RSTs outside the client's window: forwarded, state unchanged
         self._pending: PendingRows | None = None  # a lazy restore's rows not loaded yet (gw.pending)
         self.pending_by_proto: dict[int, int] = {}  # ... counted by protocol, for ``gw status``
@@ -348,6 +349,8 @@ class Nat:
             return self._drop(Drop.NO_MAPPING)
         r = (src << 16 | sport) & self._rmask
         if r != m.remote and (m.remotes is None or r not in m.remotes):
+            if m.remote == NO_REMOTE:  # restored without its remote: the general path decides
+                return self._inbound(pkt, now)
             return self._drop(Drop.FILTERED)
         if flags & _TCP_STATE_FLAGS or m.state == _SYN_OUT:
             self._track_tcp(m, flags, False, now, pkt)
@@ -522,8 +525,11 @@ class Nat:
         m = self._find_ext(flow_key(proto, dst, dport))
         if m is None:
             return Drop.NO_MAPPING, None
-        if not self._admits(m, (src << 16 | sport) & self._rmask):
-            return Drop.FILTERED, None
+        r = (src << 16 | sport) & self._rmask
+        if not self._admits(m, r):
+            syn = proto == P.PROTO_TCP and pkt[l4 + P.TCP_FLAGS] & (P.TCP_SYN | P.TCP_ACK_FLAG) == P.TCP_SYN
+            if syn or not self._learn_restored_remote(m, r):
+                return Drop.FILTERED, None
         if proto == P.PROTO_TCP:
             flags = pkt[l4 + P.TCP_FLAGS]
             self._track_tcp(m, flags, False, now, pkt, l4)
@@ -577,7 +583,8 @@ class Nat:
         m = self._find_ext(flow_key(P.PROTO_ICMP, dst, ident))
         if m is None:
             return Drop.NO_MAPPING, None
-        if not self._admits(m, (src << 16) & self._rmask):
+        r = (src << 16) & self._rmask
+        if not self._admits(m, r) and not self._learn_restored_remote(m, r):
             return Drop.FILTERED, None
         ia, ip = m.key >> 16 & 0xFFFFFFFF, m.key & 0xFFFF
         R.rewrite_addr(pkt, P.IP_DST, ia)
@@ -755,6 +762,21 @@ class Nat:
 
     def _admits(self, m: Mapping, r: int) -> bool:
         return r == m.remote or (m.remotes is not None and r in m.remotes)
+
+    def _learn_restored_remote(self, m: Mapping, r: int) -> bool:
+        """A mapping restored from a journal without destinations (``log_destination`` off) does not know
+        whom its client talked to; the first remote that reaches it is taken as that one (counted in
+        ``remotes_learned``), so a flow the remote drives, a download whose client only answers, goes on
+        after a restart instead of waiting, filtered, for its client to speak. Only one is learned: the
+        mapping then filters as before. A TCP SYN is never taken (the callers check): it opens a new
+        connection, not one that was alive. Returns whether ``r`` was admitted."""
+        if m.remote != NO_REMOTE:
+            return False
+        self._admit_remote(m, r)
+        if m.remote != r:
+            return False  # the client's remote budget was full
+        self.remotes_learned += 1
+        return True
 
     def _admit_remote(self, m: Mapping, r: int) -> None:
         """Remember a remote the client sent to, for filtering (bounded per mapping and per client)."""
