@@ -37,6 +37,10 @@ bench-tunnel *args: bench-deps
 bench-e2e *args: bench-deps
     python -m bench.e2e {{args}}
 
+# the gateway SIGKILLed 20 times under load in the lab, restarted, every promise checked (root; a minute)
+bench-crash *args:
+    python -m bench.crash {{args}}
+
 # the whole VPN in throwaway network namespaces (root): build, check, report, remove
 lab *args:
     gw lab {{args}}
