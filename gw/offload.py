@@ -57,6 +57,33 @@ def translate_partial(
     return verdict
 
 
+MIN_GSO_SIZE = 128  # smallest segment size taken from a client: no real MSS is below it, and a tiny
+# one would make the kernel cut one 64 KB packet into hundreds of frames
+
+
+def header_fits(pkt: bytes | bytearray | memoryview) -> bool:
+    """Whether a packet's virtio-net header (as a client sent it) describes the packet: the kernel acts
+    on it when the packet goes out (raw gateway's GSO, another client's TUN), so a header from a
+    client is checked before anything passes it on. A checksum to finish must be the L4 checksum of a
+    TCP/UDP packet that is not a later fragment; a super-packet's type must match its protocol, with a
+    checksum to finish and a segment size of at least ``MIN_GSO_SIZE``; ``hdr_len`` within the packet."""
+    if len(pkt) < V.VNET_HDR_LEN + 20:
+        return False
+    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = V.read_header(pkt)
+    ihl, proto = (pkt[V.VNET_HDR_LEN] & 15) * 4, pkt[V.VNET_HDR_LEN + P.IP_PROTO]
+    if hdr_len > len(pkt) - V.VNET_HDR_LEN:
+        return False
+    needs_csum = flags & V.VNET_F_NEEDS_CSUM
+    if needs_csum and (csum_start != ihl or csum_offset != _CSUM_AT.get(proto, -1)
+                       or P.get_u16(pkt, V.VNET_HDR_LEN + P.IP_FRAG)[0] & P.IP_OFFSET_MASK):  # fmt: skip
+        return False
+    kind = gso_type & ~V.VNET_GSO_ECN
+    if kind == V.VNET_GSO_NONE:
+        return True
+    wanted = {V.VNET_GSO_TCPV4: P.PROTO_TCP, V.VNET_GSO_UDP_L4: P.PROTO_UDP}.get(kind)
+    return wanted == proto and bool(needs_csum) and gso_size >= MIN_GSO_SIZE
+
+
 def finish_checksum(pkt: bytearray, csum_start: int, csum_offset: int) -> None:
     """What the kernel does with a ``NEEDS_CSUM`` packet: the sum from ``csum_start``, stored inverted."""
     s = P.checksum(pkt, csum_start, P.get_u16(pkt, P.IP_TOTAL_LEN)[0])

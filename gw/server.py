@@ -46,7 +46,7 @@ from gw.external.raw import RawGateway
 from gw.external.socket import SocketGateway
 from gw.identity import load_identity
 from gw.nat import Nat
-from gw.offload import segment, translate_partial
+from gw.offload import header_fits, segment, translate_partial
 from gw.router import Router
 from gw.sessions import SessionDirectory
 from gw.status import Metrics, StatusServer, nat_figures
@@ -56,8 +56,9 @@ from gw.transport.endpoint import GatewayConnection, TunnelServer
 from gw.tun import TunDevice, TunError
 from gw.verdict import Drop, Route, Verdict, name
 from journal import recovery
-from journal.events import GatewayStarted, GatewayStopped, MappingExpired
-from journal.writer import JournalWriter
+from journal.errors import JournalError
+from journal.events import GatewayStarted, GatewayStopped, MappingCreated, MappingExpired
+from journal.writer import JournalBackpressureError, JournalWriter
 
 log = logging.getLogger("gw.server")
 TICK_S = 0.05  # the timer's period: expire within its budget, drain events, keepalives are their own
@@ -83,6 +84,10 @@ class Gateway:
             "from_host_no_route": 0,  # from the host to a VPN address nobody holds
             "from_host_not_local": 0,  # from the host's TUN with a source other than the gateway address
             "refused_no_journal": 0,  # new flows refused in strict mode while the journal cannot write
+            "bad_vnet_header": 0,  # a client's virtio-net header that does not describe its packet
+            "held_orphaned": 0,  # strict: packets whose mapping ended while they waited (not sent)
+            "journal_refused": 0,  # batches of events the writer refused (back-pressure): kept, submitted again
+            "timer_errors": 0,  # exceptions in the timer's work (logged; the timer goes on)
         }
         self.nat: Nat | None = None
         self.port = 0
@@ -98,6 +103,7 @@ class Gateway:
         self.journal_error = ""
         self.hold: Hold | None = Hold() if config.journal.audit == "strict" else None
         self._refuse_new = False  # strict mode, and the journal cannot write: new flows are refused
+        self._stopping = False  # set before the external gateway stops: nothing more is sent
 
     def _now(self) -> int:
         return time.monotonic_ns()
@@ -192,6 +198,7 @@ class Gateway:
             await asyncio.sleep(0.05)
         if self.dns is not None:
             self.dns.stop()
+        self._stopping = True  # the writer's last fsync must not release held packets into a closed gateway
         if self.external is not None:
             self.external.stop()
         self._close_host_tun()
@@ -286,7 +293,13 @@ class Gateway:
         now = self._now()
         hdr = V.VNET_HDR_LEN if vnet else 0
         route = self.router.route_from_client
+        if self.hold is not None:  # strict: the journal's health, read per batch
+            writer = self.writer
+            self._refuse_new = not writer.alive or writer.backlogged or writer.failing
         for pkt in packets:
+            if vnet and not header_fits(pkt):
+                self.counts["bad_vnet_header"] += 1
+                continue
             ip = pkt[hdr:]
             verdict, dest = route(ip, conn.vpn_int)
             if verdict == Route.CLIENT:
@@ -315,12 +328,14 @@ class Gateway:
         verdict = translate_partial(nat.translate_outbound, ip, now) if partial else nat.translate_outbound(ip, now)
         if verdict == Verdict.NEEDS_MAPPING and ext is not None:
             verdict = ext.new_mapping(ip, now)
+        hold = self.hold
+        if hold is not None and nat.last_mapping_seq != made:
+            self._note_created(made)  # whatever the verdict: a hairpin or a drop may have made one too
         if verdict == Verdict.FORWARD:
-            hold = self.hold
             if ext is None:
                 self.counts["no_external"] += 1  # translated and journaled, not sent: [external] mode = "none"
-            elif hold is not None and (hold.pending or nat.last_mapping_seq != made):
-                self._send_when_durable(pkt, ip, vnet, now, made)
+            elif hold is not None and hold.pending:
+                self._send_when_durable(pkt, ip, vnet, now)
             else:
                 ext.send_outbound(pkt, now, vnet)
         elif verdict == Verdict.HAIRPIN:
@@ -332,25 +347,34 @@ class Gateway:
             if answer is not None:
                 self._queue(out, conn, answer, False)
 
-    def _send_when_durable(self, pkt: memoryview, ip: memoryview, vnet: bool, now: int, made: int) -> None:
+    def _note_created(self, made: int) -> None:
+        """Strict audit: the mappings made since seq ``made``, by their public endpoints, wait for the disk."""
+        for ev in reversed(self.nat.events):
+            if ev.seq <= made:
+                break
+            if type(ev) is MappingCreated:
+                self.hold.created(ev.proto << 48 | ev.ext_addr << 16 | ev.ext_port, ev.seq)
+
+    def _send_when_durable(self, pkt: memoryview, ip: memoryview, vnet: bool, now: int) -> None:
         """Strict audit: a packet of a flow whose mapping is not durable yet waits for it (``gw.strict``)."""
-        hold, nat = self.hold, self.nat
         key = public_key(ip)
-        if nat.last_mapping_seq != made and key is not None:
-            hold.created(key, nat.last_mapping_seq)
-        seq = hold.seq_for(key)
+        seq = self.hold.seq_for(key)
         if seq is None:
             self.external.send_outbound(pkt, now, vnet)
         else:
-            hold.hold(seq, now, (bytes(pkt), vnet), len(pkt))
+            self.hold.hold(seq, now, (bytes(pkt), vnet, key), len(pkt))
 
     def _durable(self, seq: int) -> None:
-        """The journal writer made events up to ``seq`` durable (strict mode): what waited for them leaves."""
-        if self.external is None:
+        """The journal writer made events up to ``seq`` durable (strict mode): what waited for them leaves,
+        unless its mapping ended meanwhile (its session closed, say): then it is dropped, counted."""
+        if self.external is None or self._stopping:
             return
-        now = self._now()
-        for pkt, vnet in self.hold.release(seq):
-            self.external.send_outbound(pkt, now, vnet)
+        now, lookup = self._now(), self.nat.lookup_external
+        for pkt, vnet, key in self.hold.release(seq):
+            if lookup(key >> 48, key >> 16 & 0xFFFFFFFF, key & 0xFFFF) is None:
+                self.counts["held_orphaned"] += 1
+            else:
+                self.external.send_outbound(pkt, now, vnet)
 
     def _known_flow(self, ip: memoryview) -> bool:
         """Whether an outbound packet belongs to a flow that has its mapping (or cannot start one)."""
@@ -452,29 +476,37 @@ class Gateway:
 
     # -- time
     async def _timer(self, stop: asyncio.Event) -> None:
-        last_snapshot = last_status = time.monotonic()
+        last = [time.monotonic()] * 2  # the last snapshot, the last status published
         while not stop.is_set():
             await asyncio.sleep(TICK_S)
-            now = self._now()
-            self.nat.expire(now)
-            if self.external is not None:
-                self.external.tick(now)
-            if self.hold is not None:
-                self.hold.expire(now)
-                writer = self.writer
-                self._refuse_new = not writer.alive or writer.backlogged or writer.failing
-            if self.dns is not None:
-                self.dns.tick(now)
-            self._drain()
-            mono = time.monotonic()
-            if not self.nat.restoring and mono - last_snapshot >= self.config.journal.snapshot_every_s:
-                self.writer.submit_snapshot(self.nat.snapshot_view(now))
-                last_snapshot = mono
-            if self.metrics is not None and mono - last_status >= STATUS_EVERY_S:
-                self.metrics.publish(self.status())
-                last_status = mono
-            if not self.nat.restoring and not gc.isenabled():
-                gc.enable()
+            try:
+                self._tick(last)
+            except Exception:  # a bug: logged and counted; expiry and the journal must go on
+                self.counts["timer_errors"] += 1
+                log.exception("timer")
+
+    def _tick(self, last: list[float]) -> None:
+        """The timer's work: expire within budget, the journal's health and drain, snapshot, status."""
+        now = self._now()
+        self.nat.expire(now)
+        if self.external is not None:
+            self.external.tick(now)
+        if self.hold is not None:
+            self.hold.expire(now)
+            writer = self.writer
+            self._refuse_new = not writer.alive or writer.backlogged or writer.failing
+        if self.dns is not None:
+            self.dns.tick(now)
+        self._drain()
+        mono = time.monotonic()
+        if not self.nat.restoring and mono - last[0] >= self.config.journal.snapshot_every_s:
+            self.writer.submit_snapshot(self.nat.snapshot_view(now))
+            last[0] = mono
+        if self.metrics is not None and mono - last[1] >= STATUS_EVERY_S:
+            self.metrics.publish(self.status())
+            last[1] = mono
+        if not self.nat.restoring and not gc.isenabled():
+            gc.enable()
 
     def _drain(self) -> None:
         nat = self.nat
@@ -484,7 +516,17 @@ class Gateway:
                 for ev in events:
                     if type(ev) is MappingExpired:
                         self.external.mapping_ended(ev.proto, ev.ext_addr, ev.ext_port)
-            self.writer.submit(events)
+            try:
+                self.writer.submit(events)
+            except JournalBackpressureError:  # the writer is full (a full disk): keep them, in order
+                nat.events[:0] = events
+                self.counts["journal_refused"] += 1
+                self._refuse_new = self.hold is not None
+            except JournalError as e:  # the writer thread died: nothing more can be journaled
+                nat.events[:0] = events
+                self._refuse_new = self.hold is not None
+                if not self.journal_error:
+                    self._journal_error(e)
 
     def _journal_error(self, exc: Exception) -> None:
         self.journal_error = str(exc)
@@ -527,7 +569,8 @@ class Gateway:
             "dns": self.dns.status() if self.dns is not None else {"enabled": False},
             "journal": {"directory": cfg.journal.directory, "last_seq": last_seq,
                         "durable_seq": writer.durable_seq, "lag_events": max(0, last_seq - writer.durable_seq),
-                        "error": self.journal_error if not writer.alive or writer.backlogged else ""},  # fmt: skip
+                        "error": self.journal_error if not writer.alive or writer.backlogged or writer.failing
+                        else ""},  # fmt: skip
         }
 
 

@@ -135,6 +135,9 @@ def nat_figures(nat: Nat) -> dict:
     }
 
 
+EXTERNAL_LEVELS = frozenset({"sockets", "max_sockets"})  # the external gateway's figures that go down as well
+
+
 def render(doc: dict) -> str:
     """The status document as tables for a terminal."""
     from io import StringIO
@@ -295,11 +298,14 @@ class Metrics:
             events.add_metric([key], count)
         yield events
         external = CounterMetricFamily("gw_external", "External gateway counters", labels=["mode", "counter"])
+        levels = GaugeMetricFamily("gw_external_level", "External gateway levels", labels=["mode", "level"])
         ext = doc.get("external", {})
         for key, value in ext.items():
             if isinstance(value, int) and not isinstance(value, bool):
-                external.add_metric([ext.get("mode", "none"), key], value)
+                family = levels if key in EXTERNAL_LEVELS else external
+                family.add_metric([ext.get("mode", "none"), key], value)
         yield external
+        yield levels
         audit = doc.get("audit", {})
         yield GaugeMetricFamily("gw_audit_refusing_new_flows", "1 while strict audit refuses new flows",
                                 value=1 if audit.get("refusing_new_flows") else 0)  # fmt: skip

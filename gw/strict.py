@@ -11,9 +11,14 @@ in order because they all wait for the same seq.
 
 Sans-I/O: the daemon tells ``Hold`` which mappings it made (``created``), asks whether a packet must
 wait (``seq_for``), hands it over (``hold``), and gets the packets back from ``release(durable_seq)``.
-What waits is bounded in bytes; a packet over the bound, or older than ``max_age_ns`` (the journal is
-stuck), is dropped and counted. While the journal cannot write, the daemon refuses new flows before
-they get a mapping (``gw.server``), so nothing waits forever.
+What waits is bounded in bytes (each packet charged ``ENTRY_COST`` more for what holds it); a packet
+over the bound, or older than ``max_age_ns`` (the journal is stuck), is dropped and counted. The bound
+is the gateway's, not per client: a client making new flows as fast as it can fills it at the expense
+of the others' first packets (a per-client share is left for later). While the journal cannot write,
+the daemon refuses new flows before they get a mapping (``gw.server``), so nothing waits forever, and
+``pending`` (one entry per mapping made and not yet durable) stops growing. A later fragment has no
+ports and never waits; it reaches the internet on its own only as a fragment the remote cannot
+reassemble without its first one, which shows no port.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from gw import packet as P
 
 MAX_HELD_BYTES = 16 << 20  # what may wait at once: ~10 ms of a 10 Gbit/s link
 MAX_AGE_NS = 2_000_000_000  # a packet waiting longer than this is dropped: the journal is stuck
+ENTRY_COST = 128  # bytes charged per waiting packet besides its own: the tuple and objects that hold it
 
 
 def public_key(ip: bytes | bytearray | memoryview) -> int | None:
@@ -59,6 +65,7 @@ class Hold:
 
     def hold(self, seq: int, now: int, item: Any, size: int) -> bool:
         """Keep ``item`` until ``seq`` is durable; False (dropped, counted) when over the bound."""
+        size += ENTRY_COST
         if self._bytes + size > self.max_bytes:
             self.counts["held_dropped"] += 1
             return False

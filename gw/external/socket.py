@@ -14,8 +14,10 @@ remote sent (remote -> public endpoint) and handed to ``on_packet``, so inbound 
 
 - UDP: ``SOCK_DGRAM`` sockets. A client's UDP super-packet (its TUN's USO) leaves in one ``sendmsg``
   with ``UDP_SEGMENT``, cut by the kernel into the datagrams it was made of. The client's TTL is kept
-  (``IP_TTL``) so traceroute works, and so is its DF bit: a datagram sent without DF goes with
-  ``IP_PMTUDISC_DONT``, so the path may fragment it.
+  (``IP_TTL``) so traceroute works. A datagram sent without DF goes with ``IP_PMTUDISC_DONT``, so the
+  path may fragment it; one sent with DF goes with the default ``IP_PMTUDISC_WANT``: DF while it fits
+  the path MTU the kernel knows, fragmented by the kernel once it learned a smaller one (the client
+  got that path's fragmentation needed, rebuilt from ``IP_RECVERR``, and adapts).
 - ICMP echo: ICMP datagram sockets (``SOCK_DGRAM``/``IPPROTO_ICMP``): the kernel picks the echo
   identifier as it picks a port, and hands back the replies to it. They need the daemon's group in
   ``net.ipv4.ping_group_range``; without it, ping is refused (counted, logged once with the fix).
@@ -78,7 +80,7 @@ class SocketGateway:
         self.nat = nat
         self.counts = {"sockets": 0, "sockets_full": 0, "bind_failed": 0, "send_failed": 0, "fragments": 0,
                        "no_socket": 0, "received": 0, "ping_refused": 0, "icmp_errors": 0, "local_errors": 0,
-                       "other_errors": 0}  # fmt: skip
+                       "other_errors": 0, "udp_segmented": 0, "segmented_by_hand": 0}  # fmt: skip
         self.max_sockets = max_sockets or _raise_fd_limit() - FD_RESERVE
         self._socks: dict[tuple[int, int], socket.socket] = {}  # (proto, ext port) -> socket
         self._ttl: dict[tuple[int, int], int] = {}
@@ -159,9 +161,26 @@ class SocketGateway:
             sock.sendmsg([payload], gso, 0, where)
         except BlockingIOError:
             self.counts["send_failed"] += 1
-        except OSError:  # maybe an earlier datagram's ICMP error (IP_RECVERR), reported once and cleared
+            return
+        except OSError as e:  # maybe an earlier datagram's ICMP error (IP_RECVERR), reported once and cleared
             try:
                 sock.sendmsg([payload], gso, 0, where)
+            except OSError:
+                if gso and e.errno in (errno.EINVAL, errno.EMSGSIZE):
+                    self._send_segments(sock, payload, segment, where)  # the path or the kernel refused GSO
+                else:
+                    self.counts["send_failed"] += 1
+                return
+        if gso:
+            self.counts["udp_segmented"] += 1
+
+    def _send_segments(self, sock: socket.socket, payload, segment: int, where: tuple[str, int]) -> None:
+        """A UDP super-packet the kernel would not segment (a segment over the path MTU, too many of
+        them): its datagrams one by one, so the flow goes on (and learns the path MTU the usual way)."""
+        self.counts["segmented_by_hand"] += 1
+        for start in range(0, len(payload), segment):
+            try:
+                sock.sendto(payload[start : start + segment], where)
             except OSError:
                 self.counts["send_failed"] += 1
 
@@ -209,7 +228,10 @@ class SocketGateway:
         return sock
 
     def _rebind(self, proto: int, ext_port: int, ext_addr: int) -> socket.socket | None:
-        """A mapping restored after a restart: its port again (free: the old process is gone)."""
+        """A mapping restored after a restart: its port again (free: the old process is gone). Only while
+        the NAT holds the mapping: a packet that outlived its mapping must not bind a port nobody ends."""
+        if self.nat.lookup_external(proto, ext_addr, ext_port) is None:
+            return None
         sock = self._bind(proto, ext_addr, ext_port)
         if sock is not None:
             self._register(proto, ext_addr, ext_port, sock)

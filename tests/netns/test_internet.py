@@ -195,3 +195,5 @@ def test_a_udp_super_packet_from_the_client_leaves_as_the_datagrams_it_was_made_
     assert world.run("c1", sys.executable, "-c", code).stdout.strip() == str([500] * 6)
     assert _seen(world) and all(ln.startswith("udp echo 500 bytes") for ln in
                                 (world.dir / "internet.log").read_text().splitlines() if ln.startswith("udp echo"))
+    # one super-packet came through the tunnel (the client's TUN did USO) and left with UDP_SEGMENT
+    assert query(world.status_socket)["external"]["udp_segmented"] == 1

@@ -343,11 +343,12 @@ def test_metrics_and_render_show_the_external_gateway_and_the_audit_mode():
     nat = new_nat(False)
     doc = document(nat_figures(nat))
     doc["external"] = {"mode": "raw", "interface": "ext", "next_hop": "198.51.100.254", "next_hop_mac": "",
-                       "sent": 12, "received": 34, "send_failed": 1}  # fmt: skip
+                       "sent": 12, "received": 34, "send_failed": 1, "sockets": 5}  # fmt: skip
     doc["audit"] = {"mode": "strict", "refusing_new_flows": True, "waiting": 3, "held": 9}
     lines = set(_scrape(doc).splitlines())
     assert 'gw_external_total{counter="sent",mode="raw"} 12.0' in lines
     assert 'gw_external_total{counter="send_failed",mode="raw"} 1.0' in lines
+    assert 'gw_external_level{level="sockets",mode="raw"} 5.0' in lines  # a level, not a counter
     assert "gw_audit_refusing_new_flows 1.0" in lines and "gw_audit_waiting_packets 3.0" in lines
     text = render(doc)
     assert "external: raw (ext)" in text and "198.51.100.254 at unresolved" in text

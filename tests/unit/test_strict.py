@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from gw import inet
 from gw import packet as P
-from gw.strict import Hold, public_key
+from gw.strict import ENTRY_COST, Hold, public_key
 
 PUBLIC = inet.aton("198.51.100.1")
 REMOTE = inet.aton("203.0.113.10")
@@ -48,15 +48,22 @@ def test_a_mapping_already_durable_holds_nothing():
 
 
 def test_what_waits_is_bounded_in_bytes_and_in_age():
-    hold = Hold(max_bytes=1000, max_age_ns=5)
+    hold = Hold(max_bytes=1000 + 2 * ENTRY_COST, max_age_ns=5)  # each packet costs ENTRY_COST more
     assert hold.hold(1, 0, "first", 600)
     assert not hold.hold(1, 0, "over", 600)
     assert hold.counts["held_dropped"] == 1
     assert hold.hold(2, 3, "second", 400)
+    assert not hold.hold(2, 3, "one byte", 1)
     assert hold.expire(4) == 0
     assert hold.expire(6) == 1  # "first" waited 6 > 5
     assert hold.release(5) == ["second"]
-    assert hold.hold(6, 10, "fits again", 1000)  # the bytes were given back
+    assert hold.hold(6, 10, "fits again", 1000 + ENTRY_COST)  # the bytes were given back
+
+
+def test_tiny_packets_are_bounded_by_what_holds_them():
+    hold = Hold(max_bytes=100 * ENTRY_COST)
+    held = sum(hold.hold(1, 0, i, 1) for i in range(1000))
+    assert held == 100 * ENTRY_COST // (ENTRY_COST + 1)
 
 
 @given(st.lists(st.tuples(st.integers(1, 4), st.integers(1, 30)), max_size=60), st.integers(0, 40))
