@@ -27,6 +27,7 @@ from collections.abc import Callable
 from gw import inet
 from gw.config import GatewayConfig, parse_endpoint
 from gw.dnsproxy import Count, DnsProxy, is_answer_to, servfail_for, truncated
+from gw.rearm import rearm
 
 log = logging.getLogger("gw.dns")
 UPSTREAM_BATCH = 64  # datagrams read per readiness callback
@@ -162,16 +163,20 @@ class DnsEndpoint:
 
     def _from_upstream(self, upstream: int) -> None:
         sock, now = self._socks[upstream], time.monotonic_ns()
+        failed = False
         for _ in range(UPSTREAM_BATCH):
             try:
                 data = sock.recv(65535)
             except BlockingIOError:
                 break
             except OSError:  # ICMP port unreachable from the upstream: the query times out
+                failed = True
                 continue
             answered = self.proxy.answer(upstream, data, now)
             if answered is not None:
                 self._deliver(*answered)
+        if failed:  # the upstream may come back: keep listening (gw.rearm)
+            rearm(sock.fileno(), self._from_upstream, upstream)
 
     def tick(self, now: int) -> None:
         """Retries and SERVFAILs for queries whose time is up."""

@@ -54,6 +54,7 @@ from gw import vnet as V
 from gw.external import icmp_errors as E
 from gw.external.base import OnPacket
 from gw.nat import Nat
+from gw.rearm import rearm
 from gw.verdict import Drop
 
 log = logging.getLogger("gw.external")
@@ -267,6 +268,7 @@ class SocketGateway:
         # (the kernel's own errors): left there, it would wake the loop again and again.
         if failed or not batch:
             self._read_errors(proto, ext, ext_port, sock, batch)
+            rearm(sock.fileno(), self._readable, proto, ext, ext_port, sock)  # after an error (gw.rearm)
         if batch:
             self._on_packet(batch)
 

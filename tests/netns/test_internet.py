@@ -197,3 +197,15 @@ def test_a_udp_super_packet_from_the_client_leaves_as_the_datagrams_it_was_made_
                                 (world.dir / "internet.log").read_text().splitlines() if ln.startswith("udp echo"))
     # one super-packet came through the tunnel (the client's TUN did USO) and left with UDP_SEGMENT
     assert query(world.status_socket)["external"]["udp_segmented"] == 1
+
+
+def test_a_mapping_that_got_an_icmp_error_keeps_receiving(world):
+    """One socket: a datagram to a closed port (its mapping's socket gets the port unreachable: a socket
+    error), then to the echo: the answer still comes back (the reader survives the error: gw.rearm)."""
+    world.start()
+    code = ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)\n"
+            f"s.sendto(b'to a closed port', ({INTERNET_HOST!r}, 9))\n"
+            "import time; time.sleep(0.5)\n"
+            f"s.sendto(b'to the echo', ({INTERNET_HOST!r}, {ECHO_PORT})); print(s.recv(100).decode())")
+    assert world.run("c1", sys.executable, "-c", code).stdout.strip() == "to the echo"
+    assert query(world.status_socket)["external"]["icmp_errors"] >= 1
