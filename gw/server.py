@@ -141,7 +141,7 @@ class Gateway:
         if socket_mode:
             self.external = SocketGateway(nat, ext.max_sockets)
         elif ext.mode == "raw":
-            self.external = RawGateway(nat, ext.interface, ext.next_hop, ext.mac)
+            self.external = RawGateway(nat, ext.interface, ext.next_hop, ext.mac, tunnel_mtu=cfg.tunnel.mtu)
         if self.external is not None:
             self.external.start(self._from_internet)
         self._open_host_tun()

@@ -60,3 +60,51 @@ def write_header(
     Raises: struct.error when the buffer is too short or a field is out of range.
     """
     _VNET_HDR.pack_into(buf, offset, flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
+
+
+# --- the header on a link-layer socket ---------------------------------------------------------------
+# On a TUN the frame starts at the IP header; on an AF_PACKET socket (PACKET_VNET_HDR) at the link
+# header, and the kernel counts csum_start and hdr_len from there. Moving a header between the two
+# adds or takes off the link header's length. hdr_len 0 means "no hint" and stays 0; csum_start means
+# something only with NEEDS_CSUM.
+ETH_HLEN = 14  # an Ethernet II header, the link these helpers are used for
+U16_MAX = 0xFFFF
+
+
+def to_link(buf: bytes | bytearray | memoryview, link_hlen: int = ETH_HLEN) -> bytes | None:
+    """The header at the start of ``buf`` (offsets from the IP header, as on a TUN) with its offsets
+    counted from a link header of ``link_hlen`` bytes; None when ``buf`` is shorter than a header or
+    an offset cannot take the addition (it would not fit in 16 bits). Raises nothing."""
+    if len(buf) < VNET_HDR_LEN:
+        return None
+    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = read_header(buf)
+    if flags & VNET_F_NEEDS_CSUM:
+        csum_start += link_hlen
+    if hdr_len:
+        hdr_len += link_hlen
+    if csum_start > U16_MAX or hdr_len > U16_MAX:
+        return None
+    out = bytearray(VNET_HDR_LEN)
+    write_header(out, 0, flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
+    return bytes(out)
+
+
+def from_link(buf: bytes | bytearray | memoryview, link_hlen: int = ETH_HLEN) -> bytes | None:
+    """The header at the start of ``buf`` (offsets from a link header of ``link_hlen`` bytes, as on
+    an AF_PACKET socket) with its offsets counted from the IP header; None when ``buf`` is shorter
+    than a header or an offset points into the link header (no IP packet starts there: the checksum
+    could not be finished). Raises nothing."""
+    if len(buf) < VNET_HDR_LEN:
+        return None
+    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = read_header(buf)
+    if flags & VNET_F_NEEDS_CSUM:
+        if csum_start < link_hlen:
+            return None
+        csum_start -= link_hlen
+    if hdr_len:
+        if hdr_len < link_hlen:
+            return None
+        hdr_len -= link_hlen
+    out = bytearray(VNET_HDR_LEN)
+    write_header(out, 0, flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
+    return bytes(out)

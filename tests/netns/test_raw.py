@@ -14,7 +14,7 @@ import pytest
 
 from gw import inet
 from gw.lab.services import http_body_sha256
-from gw.lab.world import ECHO_PORT, HTTP_PORT, INTERNET_HOST, INTERNET_WWW, RAW_PUBLIC, LabWorld
+from gw.lab.world import ECHO_PORT, HTTP_PORT, INTERNET_HOST, INTERNET_WWW, RAW_PUBLIC, ROUTER, LabWorld
 from gw.status import query
 from journal.holders import find_holders
 from journal.reader import Journal
@@ -105,10 +105,11 @@ def test_the_hosts_kernel_never_answers_for_the_public_address(raw_world):
 def test_the_gateway_answers_arp_for_its_public_address(raw_world):
     raw_world.start()
     assert raw_world.probe("c1", "ping", INTERNET_HOST, 1)["received"] == 1
+    before = query(raw_world.status_socket)["external"]["arp_answered"]
     raw_world.run("rtr", "ip", "neigh", "flush", "dev", "gw")  # the router forgets where 198.51.100.1 is
     assert raw_world.probe("c1", "ping", INTERNET_HOST, 3)["received"] == 3
     ext = query(raw_world.status_socket)["external"]
-    assert ext["arp_answered"] >= 1, ext
+    assert ext["arp_answered"] > before, ext  # the router asked again, and was answered
     neigh = raw_world.run("rtr", "ip", "neigh", "show", RAW_PUBLIC).stdout
     assert ext["mac"] in neigh
 
@@ -213,3 +214,82 @@ def test_raw_mode_start_mistakes_are_one_line_errors(raw_world, change, expect):
     done = subprocess.run(["ip", "netns", "exec", raw_world.ns["gw"], sys.executable, "-m", "gw", "serve", "-c",
                            str(raw_world.gateway_toml)], capture_output=True, text=True, timeout=30)  # fmt: skip
     assert done.returncode == 1 and expect in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+# a forged ARP reply from the router's namespace, to the gateway's MAC: "198.51.100.254 is at 02:..:66"
+_SPOOF = """
+import socket, struct, sys
+gw_mac, public, router = bytes.fromhex(sys.argv[1]), socket.inet_aton(sys.argv[2]), socket.inet_aton(sys.argv[3])
+liar = bytes.fromhex("020000000066")
+arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 2, liar, router, gw_mac, public)
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("gw", 0))
+for _ in range(int(sys.argv[4])):
+    s.send(gw_mac + liar + struct.pack("!H", 0x0806) + arp)
+"""
+
+
+def test_a_forged_arp_reply_for_the_next_hop_does_not_move_it(raw_world):
+    """ARP spoofing: the next hop's MAC is fresh, so a claim of another MAC is checked with a who-has to
+    the known one, which the router answers: the claim is dropped, counted, and traffic goes on."""
+    raw_world.start()
+    assert raw_world.probe("c1", "ping", INTERNET_HOST, 1)["received"] == 1
+    ext = query(raw_world.status_socket)["external"]
+    router_mac = ext["next_hop_mac"]
+    assert router_mac and ext["arp_conflicts"] == 0, ext
+    raw_world.run("rtr", sys.executable, "-c", _SPOOF, ext["mac"].replace(":", ""), RAW_PUBLIC, ROUTER, "3")
+    deadline = time.monotonic() + 5
+    while (ext := query(raw_world.status_socket)["external"])["arp_conflicts"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ext["arp_conflicts"] >= 1 and ext["next_hop_mac"] == router_mac, ext
+    time.sleep(1.5)  # past RETRY_S: a claim the router had not answered would be adopted by now
+    assert raw_world.probe("c1", "ping", INTERNET_HOST, 3)["received"] == 3
+    ext = query(raw_world.status_socket)["external"]
+    assert ext["next_hop_mac"] == router_mac and ext["next_hop_changed"] == 0, ext
+    assert "02:00:00:00:00:66 claimed the next hop" in raw_world.log_tail("gateway", 200)
+
+
+# frames from the router's namespace onto the link, each given as hex: sent in order on device ``gw``
+_FRAMES = """
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("gw", 0))
+for frame in sys.argv[1:]:
+    s.send(bytes.fromhex(frame))
+"""
+
+
+def test_the_kernel_filter_passes_only_untagged_ipv4_to_the_gateways_mac(raw_world):
+    """The kernel, not the test's interpreter, runs the filter: a datagram for the public address reaches
+    the gateway only in an untagged frame to its MAC (PACKET_OTHERHOST); to the host's own MAC, broadcast
+    or with a VLAN tag it never leaves the kernel (``received`` does not move)."""
+    from gw import packet as P
+
+    raw_world.start_gateway()
+    ext = query(raw_world.status_socket)["external"]
+    gw_mac = bytes.fromhex(ext["mac"].replace(":", ""))
+    host_mac = bytes.fromhex(json.loads(raw_world.run("gw", "ip", "-j", "link", "show", "ext").stdout)[0]
+                             ["address"].replace(":", ""))  # fmt: skip
+    src = bytes.fromhex("020000000077")
+    udp = bytes(P.build_udp(inet.aton("203.0.113.10"), inet.aton(RAW_PUBLIC), 5000, 4444, b"x"))
+    ipv4, vlan_5 = b"\x08\x00", b"\x81\x00\x00\x05"
+
+    def send(*frames: bytes) -> None:
+        raw_world.run("rtr", sys.executable, "-c", _FRAMES, *(f.hex() for f in frames))
+
+    def received_after(want: int) -> int:
+        deadline = time.monotonic() + 5
+        while (got := query(raw_world.status_socket)["external"]["received"]) < want and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return got
+
+    before = query(raw_world.status_socket)["external"]["received"]
+    send(gw_mac + src + ipv4 + udp)  # the control: to the gateway's MAC
+    assert received_after(before + 1) == before + 1
+    send(host_mac + src + ipv4 + udp,  # PACKET_HOST: the host's own
+         b"\xff" * 6 + src + ipv4 + udp,  # PACKET_BROADCAST
+         gw_mac + src + vlan_5 + ipv4 + udp,  # tagged: another VLAN's
+         gw_mac + src + ipv4 + udp)  # fmt: skip
+    assert received_after(before + 2) == before + 2
+    time.sleep(0.3)
+    assert query(raw_world.status_socket)["external"]["received"] == before + 2

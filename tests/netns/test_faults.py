@@ -1,0 +1,237 @@
+"""Faults, in the lab: the gateway frozen longer than the clients' dead-peer timeout, an upstream DNS
+server that answers garbage, the external interface down and up again, and traffic to cloud metadata
+addresses. Each ends with the system working again by itself (or the traffic refused and counted)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+
+import pytest
+
+from gw.lab.world import ECHO_PORT, INTERNET_HOST, INTERNET_SECOND, LabWorld
+from gw.status import query
+
+pytestmark = pytest.mark.netns
+RECOVER_S = 20  # the clients' backoff after a long outage reaches a few seconds
+
+
+def _until(check, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _echo_works(world: LabWorld, role: str = "c1") -> bool:
+    return world.probe(role, "udp_echo", INTERNET_HOST, ECHO_PORT, 2, 100).get("received", 0) >= 1
+
+
+def test_a_gateway_frozen_past_the_dead_peer_timeout_gets_its_clients_back_by_itself(raw_world):
+    """SIGSTOP for longer than dead_after_s (8 s in the lab): the clients give the gateway up and retry;
+    after SIGCONT everything comes back without anyone's help, and the journal stays whole."""
+    raw_world.start()
+    assert _echo_works(raw_world)
+    gateway = raw_world.process("gateway")
+    import os
+
+    os.kill(gateway["pid"], signal.SIGSTOP)
+    try:
+        time.sleep(10)
+        assert not _echo_works(raw_world)  # frozen: nothing gets through
+    finally:
+        os.kill(gateway["pid"], signal.SIGCONT)
+    assert _until(lambda: _echo_works(raw_world, "c1") and _echo_works(raw_world, "c2"), RECOVER_S)
+    assert {s["client"] for s in query(raw_world.status_socket)["sessions"]} == {"alice", "bob"}
+    verify = raw_world.run("gw", sys.executable, "-m", "tools.replay", str(raw_world.journal), "verify")
+    assert verify.returncode == 0
+
+
+# an upstream DNS server that answers every query with garbage: a wrong ID, then bytes that are no message
+_GARBAGE_DNS = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 53))
+print("ready", flush=True)
+while True:
+    data, peer = s.recvfrom(4096)
+    s.sendto(bytes([data[0] ^ 0xFF, data[1]]) + data[2:], peer)  # the answer to another query
+    s.sendto(b"\\x00" * 3, peer)  # not a DNS message
+"""
+
+
+def test_an_upstream_that_answers_garbage_gets_the_client_servfail_and_is_counted(raw_world):
+    text = raw_world.gateway_toml.read_text().replace(f'upstreams = ["{INTERNET_HOST}:53"]',
+                                                      f'upstreams = ["{INTERNET_SECOND}:53"]')  # fmt: skip
+    raw_world.gateway_toml.write_text(text.replace("[dns]\n", "[dns]\ntimeout_s = 0.5\nattempts = 1\n", 1))
+    raw_world.spawn_command("inet", "garbage-dns", sys.executable, "-c", _GARBAGE_DNS, INTERNET_SECOND)
+    raw_world.start()
+    answer = raw_world.probe("c1", "dns", "10.66.77.1", "www.lab.example", False)
+    assert answer.get("rcode") == 2 and answer["answers"] == [], answer  # SERVFAIL, after the timeout
+    dns = query(raw_world.status_socket)["dns"]
+    assert dns["timeouts"] >= 1 and dns["mismatched"] + dns["malformed"] >= 2, dns
+
+
+def test_the_external_interface_down_and_up_again_and_traffic_goes_on(raw_world):
+    raw_world.start()
+    assert _echo_works(raw_world)
+    raw_world.run("gw", "ip", "link", "set", "ext", "down")
+    time.sleep(2)
+    assert not _echo_works(raw_world)
+    raw_world.run("gw", "ip", "link", "set", "ext", "up")
+    assert _until(lambda: _echo_works(raw_world), RECOVER_S)
+    ext = query(raw_world.status_socket)["external"]
+    assert ext["next_hop_mac"], ext
+
+
+def test_cloud_metadata_addresses_are_refused_and_counted(raw_world):
+    raw_world.start()
+    before = query(raw_world.status_socket)["drops"].get("denied", 0)
+    code = ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "for _ in range(3): s.sendto(b'GET /latest/meta-data/', ('169.254.169.254', 80))\n"
+            "t = socket.socket(); t.settimeout(1)\n"
+            "try:\n    t.connect(('169.254.169.254', 80)); print('connected')\n"
+            "except OSError as e:\n    print(type(e).__name__)")
+    out = raw_world.run("c1", sys.executable, "-c", code).stdout.strip()
+    assert out in ("TimeoutError", "timeout", "ConnectionRefusedError", "OSError"), out
+    after = query(raw_world.status_socket)["drops"].get("denied", 0)
+    assert after >= before + 4  # three datagrams and the SYN (its retries too)
+
+
+def test_a_dns_upstream_that_goes_away_and_comes_back_is_heard_again(raw_world):
+    """The upstream's server stops (its port unreachables are errors on the proxy's socket), then starts
+    again: the proxy answers from it again (its reader survived the errors: gw.rearm)."""
+    text = raw_world.gateway_toml.read_text()
+    raw_world.gateway_toml.write_text(text.replace("[dns]\n", "[dns]\ntimeout_s = 0.5\nattempts = 1\n", 1))
+    raw_world.start()
+    assert raw_world.probe("c1", "dns", "10.66.77.1", "www.lab.example", False)["answers"] == ["203.0.113.80"]
+    raw_world.stop(raw_world.process("dns"))
+    for _ in range(2):
+        assert raw_world.probe("c1", "dns", "10.66.77.1", "www.lab.example", False).get("rcode") == 2  # SERVFAIL
+    raw_world.spawn("inet", "dns", "-m", "gw.lab.services", "--dns", f"{INTERNET_HOST}:53")
+    assert _until(lambda: raw_world.probe("c1", "dns", "10.66.77.1", "www.lab.example", False).get("answers")
+                  == ["203.0.113.80"], 10)  # fmt: skip
+
+
+# one old flow: a datagram every 50 ms for SECONDS on one socket; prints how many were sent and answered
+_OLD_FLOW = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.2)
+sent = got = 0
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    s.sendto(b"old", ({host!r}, {port})); sent += 1
+    try:
+        s.recv(100); got += 1
+    except socket.timeout:
+        pass
+    time.sleep(0.05)
+print(sent, got)
+"""
+
+
+# new UDP flows (a new socket each, one datagram, its answer awaited 0.2 s) for SECONDS; prints how many
+# were answered
+_NEW_FLOWS = """
+import socket, sys, time
+end, answered = time.monotonic() + float(sys.argv[1]), 0
+while time.monotonic() < end:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.2)
+        s.sendto(b"new", ({host!r}, {port}))
+        try:
+            s.recv(100); answered += 1
+        except socket.timeout:
+            pass
+print(answered)
+"""
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs made for the test (and unmounted after, however the test ends)."""
+    import subprocess
+
+    where = tmp_path / "small-disk"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "gwtest-journal", str(where)], check=True,
+                   timeout=10)  # fmt: skip
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], timeout=10)
+
+
+def _seen_endpoints(world: LabWorld) -> set[str]:
+    lines = (world.dir / "internet.log").read_text().splitlines()
+    return {ln.split()[-1] for ln in lines if ln.startswith("udp echo")}
+
+
+def _held(journal, endpoint: str) -> bool:
+    from gw import inet
+    from journal.holders import find_holders
+    from journal.reader import Journal
+
+    addr, _, port = endpoint.rpartition(":")
+    return bool(find_holders(Journal(journal), inet.aton(addr), int(port), 17, time.time_ns()))
+
+
+def _fill(disk) -> None:
+    """Fill the disk to the last block (the journal's next write fails with ENOSPC)."""
+    import os
+
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (1 << 16, 512, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("audit", ["strict", "fast"])
+def test_a_full_disk_under_the_journal(raw_world, small_disk, audit):
+    """Strict refuses new flows and keeps the old ones; fast keeps going and raises the alarm (status,
+    metric, log) with what it could not write yet; when space returns both recover by themselves, and
+    the journal then holds every public endpoint the internet saw."""
+    text = raw_world.gateway_toml.read_text().replace(f'directory = "{raw_world.journal}"',
+                                                      f'directory = "{small_disk / "journal"}"')  # fmt: skip
+    raw_world.gateway_toml.write_text(text.replace("[journal]\n", f'[journal]\naudit = "{audit}"\n', 1))
+    raw_world.start()
+    assert _echo_works(raw_world)
+    old = raw_world.spawn_command("c1", "old-flow", sys.executable, "-c",
+                                  _OLD_FLOW.format(host=INTERNET_HOST, port=ECHO_PORT), "8")  # fmt: skip
+    time.sleep(0.5)
+    _fill(small_disk)
+    # new flows until the journal's segment needs a page the disk no longer has (its last one had room)
+    flows = raw_world.run("c2", sys.executable, "-c", _NEW_FLOWS.format(host=INTERNET_HOST, port=ECHO_PORT), "1.5")
+    answered = int(flows.stdout.split()[0])
+    time.sleep(1)  # the writer has met the full disk and retries
+    doc = query(raw_world.status_socket)
+    assert doc["journal"]["error"] and doc["journal"]["lag_events"] > 0, doc["journal"]  # the alarm
+    if audit == "strict":
+        assert doc["audit"]["refusing_new_flows"]
+        assert not _echo_works(raw_world, "c2")  # a new flow: refused
+        assert doc["counts"]["refused_no_journal"] > 0
+    else:
+        assert _echo_works(raw_world, "c2")  # fast: new flows go on, unjournaled for now
+    (small_disk / "filler").unlink()  # space returns
+    assert _until(lambda: query(raw_world.status_socket)["journal"]["lag_events"] == 0, 10)
+    assert _until(lambda: _echo_works(raw_world, "c2"), 10)
+    doc = query(raw_world.status_socket)
+    assert not doc["journal"]["error"] and not doc["audit"]["refusing_new_flows"], doc
+    while raw_world.alive(old):
+        time.sleep(0.2)
+    sent, got = map(int, (raw_world.dir / "old-flow.log").read_text().split())
+    assert got >= sent * 0.9, f"the old flow lost {sent - got} of {sent}"
+    assert answered >= 1  # new flows went through until the writer met the full disk
+    journal = small_disk / "journal"
+    missing = [e for e in _seen_endpoints(raw_world) if not _held(journal, e)]
+    assert not missing, f"{len(missing)} public endpoints the internet saw are not in the journal"
+    verify = raw_world.run("gw", sys.executable, "-m", "tools.replay", str(small_disk / "journal"), "verify")
+    assert verify.returncode == 0, verify.stdout
