@@ -145,7 +145,7 @@ def test_strict_mode_every_public_port_the_internet_saw_is_in_the_journal_across
         raw_world.start_gateway()
         raw_world.vpn_address("c1")
     seen = set(_seen(raw_world))
-    assert len(seen) > 100, f"only {len(seen)} flows reached the internet host"
+    assert len(seen) > 50, f"only {len(seen)} flows reached the internet host"  # ~300 on a quiet machine
     missing = _unattributed(raw_world, seen)
     assert not missing, f"{len(missing)} of {len(seen)} public endpoints the internet saw are not in the journal"
     doc = query(raw_world.status_socket)
