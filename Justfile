@@ -41,6 +41,10 @@ bench-e2e *args: bench-deps
 bench-crash *args:
     python -m bench.crash {{args}}
 
+# floods against the gateway in the lab, and another client's throughput during each (root, iperf3; a minute)
+bench-flood *args:
+    python -m bench.flood {{args}}
+
 # the whole VPN in throwaway network namespaces (root): build, check, report, remove
 lab *args:
     gw lab {{args}}
@@ -52,3 +56,8 @@ lint:
 # a NAT + journal + audit demonstration, in memory and a temporary directory
 demo *args:
     gw demo {{args}}
+
+# coverage-guided fuzzing of every entry point that reads bytes from outside (atheris): 10**6 inputs per
+# target, one after another, new coverage merged into fuzz/corpus/; e.g. `just fuzz --runs 100000 dns`
+fuzz *args:
+    python -m fuzz.run --merge {{args}}

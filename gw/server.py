@@ -308,6 +308,7 @@ class Gateway:
                 self._local(conn, pkt, ip, vnet, now, out)
             elif verdict == Route.NAT:
                 self._outbound(conn, pkt, ip, vnet, now, out)
+        self._released(out, now)
         self._send(out)
         if self.hold is not None and self.nat.events:
             self._drain()  # strict: the held packets' mappings to the writer now, not at the next tick
@@ -418,7 +419,26 @@ class Gateway:
             verdict, dest = route(ip)
             if verdict == Route.CLIENT:
                 self._queue(out, dest, pkt, vnet)
+        self._released(out, now)
         self._send(out)
+
+    def _released(self, out: dict, now: int) -> None:
+        """Fragments the NAT held until their first fragment came, released now, translated: to the
+        internet, or queued for their client (a hairpinned datagram's too)."""
+        nat = self.nat
+        if nat.released_outbound:
+            pkts, nat.released_outbound = nat.released_outbound, []
+            if self.external is None or self._stopping:
+                self.counts["no_external"] += len(pkts)
+            else:
+                for pkt in pkts:
+                    self.external.send_outbound(pkt, now, False)
+        if nat.released_inbound:
+            pkts, nat.released_inbound = nat.released_inbound, []
+            for pkt in pkts:
+                verdict, dest = self.router.route_to_client(pkt)
+                if verdict == Route.CLIENT:
+                    self._queue(out, dest, pkt, False)
 
     def _queue(self, out: dict, dest: GatewayConnection, pkt: memoryview | bytes, vnet: bool) -> None:
         """Queue a packet for a session, converted to its offload setting."""

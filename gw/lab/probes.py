@@ -1,5 +1,6 @@
 """What the lab (and the end-to-end tests) do inside a namespace: ping, a DNS lookup, echoes, a spoof,
-an HTTP download.
+an HTTP download, and paced floods (new flows, forged sources, fragments) for the hostile tests and
+``bench.flood``.
 
 ``python -m gw.lab.probes NAME JSON-ARGS`` runs one probe in the namespace it was started in and prints
 its result as one JSON object; ``LabWorld.probe`` starts it with ``ip netns exec``. Every probe bounds
@@ -21,7 +22,7 @@ import time
 import dpkt
 
 from gw import inet
-from gw.packet import build_udp
+from gw.packet import IP_MF, UDP_HLEN, build_ipv4, build_udp
 
 WAIT_S = 3.0  # the longest a probe waits for one answer
 HTTP_TIMEOUT_S = 20.0  # one whole download: below the lab's 30 s per probe, so the probe reports it itself
@@ -388,8 +389,111 @@ def udp_flows(dst: str, port: int, sizes: list, wait_s: float = 1.0) -> dict:
     return {"answered": answered, "ports": ports}
 
 
+# Floods: one raw IP_HDRINCL socket, paced; each probe bounds itself whatever it is asked
+FLOOD_MAX_PACKETS = 2_000_000  # at most this many packets per flood probe
+FLOOD_MAX_S = 60.0  # ... and this long
+FLOOD_MAX_BURST = 64  # packets sent between two looks at the clock: a late pacer catches up in small steps,
+# not in one burst that would overflow a veth's backlog (net.core.netdev_max_backlog, 1000)
+FLOOD_PAUSE_S = 0.0005  # the pacer's sleep when nothing is due
+FRAGMENT_KINDS = ("first", "later", "stray", "whole", "reordered")
+FRAGMENT_MIDDLE = 185  # a later fragment's offset in 8-byte units (1480 bytes: where a 1500-MTU datagram's
+# second fragment starts); with "more fragments" set its datagram's end never comes
+
+
+def _flood(packet, dst: str, count: int, rate_pps: int, seconds: float) -> dict:
+    """``packet(i)`` for i = 0, 1, ... sent to ``dst`` through one raw IP_HDRINCL socket (the kernel fills in
+    the header checksum; the route to ``dst`` picks the device), paced at ``rate_pps``, at most ``count``
+    packets for at most ``seconds`` (both capped: FLOOD_MAX_PACKETS, FLOOD_MAX_S). Prints ``started``
+    first. Returns how many the kernel took (``sent``), refused (a full queue: ENOBUFS, EAGAIN), the time
+    and the rate."""
+    count, seconds = min(count, FLOOD_MAX_PACKETS), min(seconds, FLOOD_MAX_S)
+    sent = refused = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as s:
+        s.setblocking(False)
+        print(json.dumps({"started": True}), flush=True)
+        t = time.monotonic()
+        while (done := sent + refused) < count and (elapsed := time.monotonic() - t) < seconds:
+            due = min(int(elapsed * rate_pps), count) - done
+            if due <= 0:
+                time.sleep(FLOOD_PAUSE_S)
+                continue
+            for i in range(done, done + min(due, FLOOD_MAX_BURST)):
+                try:
+                    s.sendto(packet(i), (dst, 0))
+                    sent += 1
+                except OSError:
+                    refused += 1
+        elapsed = time.monotonic() - t
+    return {"sent": sent, "refused": refused, "seconds": round(elapsed, 3), "pps": round(sent / max(elapsed, 1e-9))}
+
+
+def new_flows(src: str, dst: str, port: int, first_port: int, count: int, rate_pps: int, seconds: float) -> dict:
+    """A client opening new UDP flows as fast as it is let: one datagram from each source port in turn
+    (``first_port`` up to 65535, then again), from its own address ``src`` to ``dst:port``, each a new
+    NAT mapping until its quota (see ``_flood`` for the bounds and the result)."""
+    pkt = build_udp(inet.aton(src), inet.aton(dst), first_port, port, b"gw lab new flow", zero_checksum=True)
+    span = 65536 - first_port
+
+    def packet(i: int) -> bytearray:
+        struct.pack_into("!H", pkt, 20, first_port + i % span)  # the UDP source port (IHL 5)
+        return pkt
+
+    return _flood(packet, dst, count, rate_pps, seconds)
+
+
+def spoofed_flood(sources: list, dst: str, port: int, count: int, rate_pps: int, seconds: float) -> dict:
+    """UDP datagrams to ``dst:port`` whose sources are forged: each of ``sources`` in turn (``_flood``)."""
+    pkts = [build_udp(inet.aton(src), inet.aton(dst), 40000, port, b"gw lab forged") for src in sources]
+    return _flood(pkts.__getitem__ if len(pkts) == 1 else lambda i: pkts[i % len(pkts)], dst, count,
+                  rate_pps, seconds)  # fmt: skip
+
+
+def fragment_flood(src: str, dst: str, sport: int, mapped_port: int, stray_port: int, kinds: list, count: int,
+                   rate_pps: int, seconds: float, size: int = 1200, seed: int = 0) -> dict:  # fmt: skip
+    """IPv4 fragments of UDP datagrams from ``src:sport`` to ``dst``, the kinds in turn (``_flood``), each
+    ``size`` bytes of IP payload (a multiple of 8), each datagram with a random IP identification (1-65535
+    shuffled: no two datagrams share one before all were used):
+
+    - ``first``: a first fragment (offset 0, more fragments) to ``mapped_port``, whose rest never comes;
+    - ``later``: a middle fragment (offset FRAGMENT_MIDDLE, more fragments) whose first never comes;
+    - ``stray``: a first fragment to ``stray_port``, whose rest never comes;
+    - ``whole``: two packets, a whole datagram to ``mapped_port`` in two fragments, in order;
+    - ``reordered``: the same, the last fragment first.
+    """
+    if size % 8 or not 16 <= size <= 1400 or not set(kinds) <= set(FRAGMENT_KINDS) or not kinds:
+        raise ValueError(f"fragment_flood: size {size} (a multiple of 8, 16-1400), kinds {kinds}")
+    rng = random.Random(seed or None)
+    s, d = inet.aton(src), inet.aton(dst)
+    body = bytes(size - UDP_HLEN)
+    # first fragments: the UDP header claims the whole datagram (two fragments' worth), checksum 0 (none)
+    firsts = {port: struct.pack("!HHHH", sport, port, 2 * size, 0) + body for port in (mapped_port, stray_port)}
+    rest = bytes(size)
+    pairs = {"whole": ("first", "last+"), "reordered": ("last", "first+")}  # +: the pair's second, same ID
+    plan = [part for k in kinds for part in pairs.get(k, (k,))]
+    idents = list(range(1, 0x10000))  # random, and none twice before all were used: no datagram meets another
+    rng.shuffle(idents)
+    ident = -1
+
+    def packet(i: int) -> bytearray:
+        nonlocal ident
+        kind = plan[i % len(plan)]
+        if not kind.endswith("+"):
+            ident += 1
+        kind = kind.rstrip("+")
+        if kind == "first":
+            return build_ipv4(s, d, 17, firsts[mapped_port], ident=idents[ident % 0xFFFF], flags_frag=IP_MF)
+        if kind == "stray":
+            return build_ipv4(s, d, 17, firsts[stray_port], ident=idents[ident % 0xFFFF], flags_frag=IP_MF)
+        if kind == "later":
+            return build_ipv4(s, d, 17, rest, ident=idents[ident % 0xFFFF], flags_frag=IP_MF | FRAGMENT_MIDDLE)
+        return build_ipv4(s, d, 17, rest, ident=idents[ident % 0xFFFF], flags_frag=size // 8)  # the last of two
+
+    return _flood(packet, dst, count, rate_pps, seconds)
+
+
 PROBES = {f.__name__: f for f in (ping, dns, udp_echo, tcp_echo, http_get, spoofed_udp, udp_listen,
-                                   traceroute, pmtu, udp_talk, udp_answer, udp_flows)}  # fmt: skip
+                                   traceroute, pmtu, udp_talk, udp_answer, udp_flows, new_flows,
+                                   spoofed_flood, fragment_flood)}  # fmt: skip
 
 
 def main(argv: list[str]) -> int:

@@ -110,6 +110,9 @@ class _Stream(asyncio.BufferedProtocol):
             self.close(e.code, e.detail)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # the transport (uvloop's SSL protocol) holds our bound methods: without this the pair is a cycle
+        # that keeps its TLS buffers (~256 KiB) until a full collection, and a handshake flood ratchets RSS
+        self.transport = None
         if self._timer is not None:
             self._timer.cancel()
         if not self.closed.done():
