@@ -299,6 +299,8 @@ def _read(path: str) -> str:
             return f.read()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the configuration: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}): TOML files are UTF-8") from None
 
 
 def _toml(value: object) -> str:

@@ -305,3 +305,12 @@ def test_the_example_configurations_parse_once_their_fingerprints_are_filled_in(
     assert gateway.clients[0].name == "alice-laptop" and gateway.status.socket == "/run/gw/gw.sock"
     client = (root / "client.toml").read_text().replace("<the gateway's, from gw keys new gateway>", "b" * 64)
     assert config.parse_client(client).gateway.endpoint == "203.0.113.7:8443"
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    bad = tmp_path / "gateway.toml"
+    bad.write_bytes(b"[nat]\n# \xff\xfe\n")
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        config.load(str(bad))
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        config.load_client(str(bad))
