@@ -117,9 +117,8 @@ def load(directory: str | os.PathLike[str], *, truncate_torn_tail: bool = True) 
         rec.notes.extend(reader.notes)
     journal_last = reader.last_seq
     if journal_last is not None and journal_last < upto:
-        assert rec.snapshot_path is not None
         raise JournalGapError(
-            rec.snapshot_path,
+            rec.snapshot_path or Path(directory),  # no snapshot: a segment's own seqs are impossible (crafted)
             0,
             upto,
             journal_last,
