@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import NameOID
@@ -139,7 +139,7 @@ def verify(certificate_der: bytes, signature: bytes, data: bytes) -> bool:
     certificate that does not parse or does not hold an Ed25519 key: it came from the network)."""
     try:
         key = x509.load_der_x509_certificate(certificate_der).public_key()
-    except ValueError:
+    except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion):  # what a crafted certificate raises
         return False
     if not isinstance(key, Ed25519PublicKey):
         return False

@@ -94,7 +94,8 @@ def segment(pkt: bytes | bytearray | memoryview) -> list[bytearray] | None:
     """A packet with its vnet header, as the plain, fully checksummed IPv4 packets a peer without
     offloads can take: a TCP or UDP super-packet cut at ``gso_size`` as the kernel's software GSO
     does (Linux ``tcp_gso_segment``, ``__udp_gso_segment``), anything else with its checksum finished.
-    None when the header or the packet is malformed, or its GSO type is not IPv4 TCP/UDP."""
+    None when the header or the packet is malformed (a checksum to finish inside the IPv4 header
+    included), or its GSO type is not IPv4 TCP/UDP."""
     if len(pkt) < V.VNET_HDR_LEN + 20:
         return None
     flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = V.read_header(pkt)
@@ -104,6 +105,8 @@ def segment(pkt: bytes | bytearray | memoryview) -> list[bytearray] | None:
         return None
     del ip[total:]
     kind = gso_type & ~V.VNET_GSO_ECN
+    if flags & V.VNET_F_NEEDS_CSUM and csum_start < ihl:
+        return None  # the checksum would be written over the IPv4 header
     if kind == V.VNET_GSO_NONE:
         if flags & V.VNET_F_NEEDS_CSUM:
             if csum_start + csum_offset + 2 > total:
