@@ -12,6 +12,7 @@ import pytest
 
 from gw.lab.world import ECHO_PORT, INTERNET_HOST, INTERNET_SECOND, LabWorld
 from gw.status import query
+from tests.netns.test_raw import _OLD_FLOW
 
 pytestmark = pytest.mark.netns
 RECOVER_S = 20  # the clients' backoff after a long outage reaches a few seconds
@@ -115,21 +116,6 @@ def test_a_dns_upstream_that_goes_away_and_comes_back_is_heard_again(raw_world):
                   == ["203.0.113.80"], 10)  # fmt: skip
 
 
-# one old flow: a datagram every 50 ms for SECONDS on one socket; prints how many were sent and answered
-_OLD_FLOW = """
-import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.2)
-sent = got = 0
-end = time.monotonic() + float(sys.argv[1])
-while time.monotonic() < end:
-    s.sendto(b"old", ({host!r}, {port})); sent += 1
-    try:
-        s.recv(100); got += 1
-    except socket.timeout:
-        pass
-    time.sleep(0.05)
-print(sent, got)
-"""
 
 
 # new UDP flows (a new socket each, one datagram, its answer awaited 0.2 s) for SECONDS; prints how many
