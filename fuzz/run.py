@@ -8,7 +8,8 @@ input means it should stay flat). A crash's input is written to ``fuzz/crashes/<
 ``<input>.txt``; the run of that target stops there (the next targets still run) and the exit status is 1.
 
 ``--minimize`` rewrites each corpus as the smallest set of its files that keeps its coverage (a merge
-into an empty directory), to keep the corpora small. Logs go to ``fuzz/.work/<name>.log``.
+into an empty directory), to keep the corpora small; ``seed-*`` and ``crash-*`` files always stay.
+Logs go to ``fuzz/.work/<name>.log``.
 """
 
 from __future__ import annotations
@@ -98,12 +99,12 @@ def minimize(name: str) -> tuple[int, int]:
     before = len(list(corpus.iterdir()))
     subprocess.check_call(command(name, "-merge=1", str(fresh), str(corpus)), cwd=REPO,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    seeds = {p.name for p in corpus.iterdir() if p.name.startswith("seed-")}
     for path in corpus.iterdir():
-        if path.name not in seeds:  # hand-made seeds stay: they document the inputs' layout
+        # hand-made seeds stay (they document the inputs' layout), and so do the reproducers of fixed bugs
+        if not path.name.startswith(("seed-", "crash-")):
             path.unlink()
-    for path in fresh.iterdir():
-        if not (corpus / path.name).exists():
+    for path in fresh.iterdir():  # libFuzzer names a file by its sha1, as the seeds are named
+        if not (corpus / path.name).exists() and not (corpus / f"seed-{path.name}").exists():
             shutil.copy(path, corpus / path.name)
     return before, len(list(corpus.iterdir()))
 
