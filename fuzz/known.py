@@ -23,12 +23,6 @@ class Known(NamedTuple):
 
 
 KNOWN: dict[str, list[Known]] = {
-    "snapshot": [
-        Known("OverflowError", "journal/segments.py:_pack",
-              "Nat.restore takes snapshot times that overflow int64 once converted to the monotonic clock (the "
-              "compiled loader wraps them, the Python one does not); the restored table's next snapshot then "
-              "raises OverflowError in encode_snapshot"),
-    ],
 }
 
 

@@ -398,6 +398,21 @@ def new_table(Py_ssize_t rows):
     return _PyDict_NewPresized(rows)
 
 
+def span(const int64_t[:] column):
+    """(min, max) of a restore's time column at C speed ((0, 0) if empty): ``gw.pending.check_times``."""
+    cdef Py_ssize_t i, n = column.shape[0]
+    cdef int64_t lo = 0, hi = 0, v
+    if n:
+        lo = hi = column[0]
+    for i in range(1, n):
+        v = column[i]
+        if v < lo:
+            lo = v
+        elif v > hi:
+            hi = v
+    return lo, hi
+
+
 cdef class RowIndex:
     """Flow key -> row of a snapshot's columns, for ``gw.pending``: open addressing over two C arrays, so
     an index of 1 M rows costs 16 MB and a few tens of milliseconds, with no object per row. A later

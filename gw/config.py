@@ -138,6 +138,10 @@ class JournalConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #   are refused while the journal cannot write (gw.strict)
     audit: Literal["fast", "strict"] = "fast"
     snapshot_every_s: int = 300  # bounds recovery time: a restart reads one snapshot and what came after
+    # fast mode while the journal cannot write (a full disk): events wait in memory (200-400 bytes each)
+    # up to this many, then new flows are refused, as strict mode does at once, until it writes again;
+    # the journal never has a gap
+    max_unwritten_events: int = 1 << 19
 
 
 # DNS proxy limits: a query waits DNS_TIMEOUT_S for an upstream, DNS_ATTEMPTS upstreams in turn, then the
@@ -512,6 +516,8 @@ def check_services(config: GatewayConfig, source: str = "gateway.toml") -> None:
     if not 1 <= dns.max_in_flight_per_client <= dns.max_in_flight:
         fail("[dns] max_in_flight_per_client", dns.max_in_flight_per_client,
              f"must be 1 to max_in_flight ({dns.max_in_flight})")  # fmt: skip
+    if config.journal.max_unwritten_events < 1024:
+        fail("[journal] max_unwritten_events", config.journal.max_unwritten_events, "must be at least 1024")
     if config.journal.audit == "strict" and config.journal.fsync == "never":
         fail("[journal] fsync", "never", 'audit = "strict" waits for fsync: use "always" (or "interval", which '
              'strict mode turns into "always")')  # fmt: skip

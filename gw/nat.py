@@ -97,7 +97,7 @@ from gw.mapping import (
     TcpMapping,
     flow_key,
 )
-from gw.pending import PendingRows
+from gw.pending import REST_COLUMNS, PendingRows
 from gw.ports import HELD, RESTING, PortPool, rest_until
 from gw.snapshot import TableView
 from gw.tcp_track import NEXT_STATE, SEG_KINDS, TcpState, classify
@@ -1282,7 +1282,8 @@ class Nat:
         reach them, so the first packet is forwarded in milliseconds; new flows are refused
         (``Drop.RESTORING``) until ``restoring`` is False. The caller may pause the cyclic garbage
         collector around this (a million new objects); the core leaves it alone.
-        Raises: ValueError for a snapshot gw did not write (columns of unequal length or width).
+        Raises: ValueError for a snapshot gw did not write (columns of unequal length or width, times out
+        of range).
         """
         nat = cls(config, rng, compiled, vpn=vpn, wall_offset=wall_offset, caller_ports=caller_ports)
         if snapshot is not None:
@@ -1310,7 +1311,7 @@ class Nat:
         pending = self._pending = PendingRows(s, off, compiled)
         if compiled and _fastpath is not None and not self.by_int:
             self.by_int, self.by_ext = _fastpath.new_table(pending.n), _fastpath.new_table(pending.n)
-        resting = zip(s.rest_proto, s.rest_ext_addr, s.rest_ext_port, s.rest_until_ns, strict=True)
+        resting = zip(*(pending.rests[name] for name in REST_COLUMNS), strict=True)
         for proto, addr, port, until in sorted(resting, key=lambda r: r[3]):
             self.ports.rest(flow_key(proto, addr, port), until - off)
         for opened in s.sessions:

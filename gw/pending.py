@@ -22,14 +22,29 @@ import array
 from journal.events import PACKED_COLUMNS, Snapshot
 
 try:
-    from gw._fastpath import RowIndex
+    from gw._fastpath import RowIndex, span
 except ImportError:  # pure-Python install
     RowIndex = None
+
+    def span(column: array.array) -> tuple[int, int]:
+        return (min(column), max(column)) if column else (0, 0)
+
 
 ROW_COLUMNS = (
     "proto", "int_addr", "int_port", "ext_addr", "ext_port", "session", "created_ns", "last_seen_ns",
     "tcp_state", "packets_out", "bytes_out", "packets_in", "bytes_in", "remote_addr", "remote_port",
 )  # fmt: skip
+
+REST_COLUMNS = ("rest_proto", "rest_ext_addr", "rest_ext_port", "rest_until_ns")
+TIME_COLUMNS = ("created_ns", "last_seen_ns", "rest_until_ns")  # wall clock in the snapshot, monotonic once loaded
+INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def check_times(name: str, times: array.array, wall_offset: int) -> None:
+    """Raises ValueError unless every wall time in ``times`` is a 64-bit monotonic time once restored."""
+    lo, hi = span(times)
+    if lo - wall_offset < INT64[0] or hi - wall_offset > INT64[1]:
+        raise ValueError(f"snapshot column {name}: a time out of range: not a snapshot gw wrote")
 
 
 class DictIndex:
@@ -46,17 +61,24 @@ class PendingRows:
     """A snapshot's mapping rows, found by key and loaded once each (see the module docstring)."""
 
     def __init__(self, snapshot: Snapshot, wall_offset: int, compiled: bool) -> None:
-        """Raises ValueError for columns of unequal length or values wider than their column."""
+        """Raises ValueError for columns of unequal length, values wider than their column, or times
+        that leave 64 bits on the restoring process's monotonic clock (the compiled loader would wrap them)."""
         columns = {name: _column(snapshot, name) for name in ROW_COLUMNS}
         if len({len(c) for c in columns.values()}) > 1:
             raise ValueError("snapshot columns of unequal length: not a snapshot gw wrote")
+        rests = {name: _column(snapshot, name) for name in REST_COLUMNS}
+        if len({len(c) for c in rests.values()}) > 1:
+            raise ValueError("snapshot rest columns of unequal length: not a snapshot gw wrote")
+        for name in TIME_COLUMNS:
+            check_times(name, columns[name] if name in columns else rests[name], wall_offset)
         self.columns = columns
+        self.rests = rests  # ports resting at the snapshot: proto, address, port, until (wall clock)
         self.n = len(columns["proto"])
         self.offset = wall_offset  # the restoring process's wall minus monotonic clock, fixed at restore
         self.loaded = bytearray(self.n)  # 1: the row is in the table (or was, and ended)
         self.left = self.n  # rows not loaded yet
         self.cursor = 0  # rows before it are all loaded (the background order)
-        self.quota_flagged = set(snapshot.quota_flagged)  # for clients made as their rows load
+        self.quota_flagged = set(_column(snapshot, "quota_flagged"))  # for clients made as their rows load
         index = RowIndex if compiled and RowIndex is not None else DictIndex
         self.by_int = index(columns["proto"], columns["int_addr"], columns["int_port"])
         self.by_ext = index(columns["proto"], columns["ext_addr"], columns["ext_port"])

@@ -83,7 +83,7 @@ class Gateway:
             "host_dropped": 0,  # for the host, but no host TUN (or its queue was full)
             "from_host_no_route": 0,  # from the host to a VPN address nobody holds
             "from_host_not_local": 0,  # from the host's TUN with a source other than the gateway address
-            "refused_no_journal": 0,  # new flows refused in strict mode while the journal cannot write
+            "refused_no_journal": 0,  # new flows refused while the journal cannot write (strict, or fast past its bound)
             "bad_vnet_header": 0,  # a client's virtio-net header that does not describe its packet
             "held_orphaned": 0,  # strict: packets whose mapping ended while they waited (not sent)
             "journal_refused": 0,  # batches of events the writer refused (back-pressure): kept, submitted again
@@ -102,7 +102,7 @@ class Gateway:
         self.started = time.time()
         self.journal_error = ""
         self.hold: Hold | None = Hold() if config.journal.audit == "strict" else None
-        self._refuse_new = False  # strict mode, and the journal cannot write: new flows are refused
+        self._refuse_new = False  # the journal cannot write (strict), or fast mode's unwritten events hit their bound
         self._stopping = False  # set before the external gateway stops: nothing more is sent
 
     def _now(self) -> int:
@@ -293,9 +293,7 @@ class Gateway:
         now = self._now()
         hdr = V.VNET_HDR_LEN if vnet else 0
         route = self.router.route_from_client
-        if self.hold is not None:  # strict: the journal's health, read per batch
-            writer = self.writer
-            self._refuse_new = not writer.alive or writer.backlogged or writer.failing
+        self._check_journal()
         for pkt in packets:
             if vnet and not header_fits(pkt):
                 self.counts["bad_vnet_header"] += 1
@@ -513,8 +511,7 @@ class Gateway:
             self.external.tick(now)
         if self.hold is not None:
             self.hold.expire(now)
-            writer = self.writer
-            self._refuse_new = not writer.alive or writer.backlogged or writer.failing
+        self._check_journal()
         if self.dns is not None:
             self.dns.tick(now)
         self._drain()
@@ -541,12 +538,28 @@ class Gateway:
             except JournalBackpressureError:  # the writer is full (a full disk): keep them, in order
                 nat.events[:0] = events
                 self.counts["journal_refused"] += 1
-                self._refuse_new = self.hold is not None
+                self._check_journal()
             except JournalError as e:  # the writer thread died: nothing more can be journaled
                 nat.events[:0] = events
-                self._refuse_new = self.hold is not None
+                self._check_journal()
                 if not self.journal_error:
                     self._journal_error(e)
+
+    def _check_journal(self) -> None:
+        """Whether new flows are refused, per batch: in strict mode while the journal cannot write; in fast
+        mode once the events it could not take fill ``max_unwritten_events`` (memory stays bounded, and the
+        journal never gets a gap: a flow that cannot be journaled is not made)."""
+        if self.hold is not None:
+            writer = self.writer
+            refuse = not writer.alive or writer.backlogged or writer.failing
+        else:
+            refuse = len(self.nat.events) + self.writer.backlog_events >= self.config.journal.max_unwritten_events
+        if refuse and not self._refuse_new:
+            log.warning("journal: cannot write; refusing new flows until it does (%s audit)",
+                        self.config.journal.audit)  # fmt: skip
+        elif self._refuse_new and not refuse:
+            log.warning("journal: writing again; new flows accepted")
+        self._refuse_new = refuse
 
     def _journal_error(self, exc: Exception) -> None:
         self.journal_error = str(exc)

@@ -37,7 +37,10 @@ class SessionDirectory:
         self._by_fingerprint = {fingerprint_hex(c.fingerprint): c for c in config.clients}
         fixed = {inet.aton(c.address) for c in config.clients if c.address}
         broadcast = net | (~inet.prefix_mask(self._prefix_len) & 0xFFFFFFFF)
-        self._pool = [a for a in range(net + 1, broadcast) if a != self._gateway and a not in fixed]
+        # the pool is implicit (a /8 is 16 million addresses): the hosts after ``net`` minus these, sorted
+        self._first_host = net + 1
+        self._not_pooled = sorted(a for a in fixed | {self._gateway} if net < a < broadcast)
+        self._pool_size = broadcast - self._first_host - len(self._not_pooled)
         self._dns = dns if dns is not None else [config.vpn.gateway_address]
         opened = nat.sessions.opened
         self._last_session = max(opened, default=0)
@@ -91,14 +94,23 @@ class SessionDirectory:
         for addr, (_session, name) in holders.items():
             if name == entry.name:
                 return addr  # it holds one already (a reconnect before the old session was found dead)
-        if not self._pool:
+        if self._pool_size <= 0:
             return None
-        start = int.from_bytes(hashlib.sha256(fingerprint.encode()).digest()[:8], "big") % len(self._pool)
-        for i in range(len(self._pool)):
-            addr = self._pool[(start + i) % len(self._pool)]
+        start = int.from_bytes(hashlib.sha256(fingerprint.encode()).digest()[:8], "big") % self._pool_size
+        for i in range(self._pool_size):  # ends at the first address no session holds: len(holders) + 1 at most
+            addr = self._pool_address((start + i) % self._pool_size)
             if addr not in holders:
                 return addr
         return None
+
+    def _pool_address(self, index: int) -> int:
+        """The pool's ``index``-th address, skipping the gateway's and the fixed ones."""
+        addr = self._first_host + index
+        for skipped in self._not_pooled:
+            if skipped > addr:
+                break
+            addr += 1
+        return addr
 
     def _refuse(
         self, fingerprint: str, remote: tuple[str, int], now: int, code: str, reason: str, name: str = ""

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import bisect
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -454,17 +455,25 @@ class Journal:
         return None if snap is None else snap.at_ns
 
 
-_INDEXES: dict[tuple[str, int, int], tuple[SegmentIndex, JournalCorruptError | None]] = {}  # for this process
+_INDEX_CACHE_SIZE = 64  # segments whose index this process keeps (a long-running reader meets many)
+_INDEXES: OrderedDict[str, tuple[tuple[int, int], tuple[SegmentIndex, JournalCorruptError | None]]] = OrderedDict()
 
 
 def segment_index(path: Path) -> tuple[SegmentIndex, JournalCorruptError | None]:
     """A segment's audit index: its ``.idx`` file when current and whole, else built in memory (never
-    written), and what was wrong with the file if it was bad; cached for the process by path, size, mtime."""
+    written), and what was wrong with the file if it was bad; the last few are kept for the process by
+    path, and used again while the segment's size and mtime are unchanged."""
     st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
+    key, stamp = str(path), (st.st_size, st.st_mtime_ns)
     found = _INDEXES.get(key)
-    if found is None:
-        bad: list[JournalCorruptError] = []
-        index = load_or_build_index(path, write=False, on_bad=bad.append)
-        found = _INDEXES[key] = (index, bad[0] if bad else None)
-    return found
+    if found is not None and found[0] == stamp:
+        _INDEXES.move_to_end(key)
+        return found[1]
+    bad: list[JournalCorruptError] = []
+    index = load_or_build_index(path, write=False, on_bad=bad.append)
+    result = index, bad[0] if bad else None
+    _INDEXES[key] = (stamp, result)
+    _INDEXES.move_to_end(key)
+    while len(_INDEXES) > _INDEX_CACHE_SIZE:
+        _INDEXES.popitem(last=False)
+    return result

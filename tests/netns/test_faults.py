@@ -180,32 +180,45 @@ def _fill(disk) -> None:
         os.close(fd)
 
 
-@pytest.mark.parametrize("audit", ["strict", "fast"])
+@pytest.mark.parametrize("audit", ["strict", "fast", "fast-bounded"])
 def test_a_full_disk_under_the_journal(raw_world, small_disk, audit):
     """Strict refuses new flows and keeps the old ones; fast keeps going and raises the alarm (status,
-    metric, log) with what it could not write yet; when space returns both recover by themselves, and
-    the journal then holds every public endpoint the internet saw."""
+    metric, log) with what it could not write yet, until ``max_unwritten_events`` are waiting in memory
+    and then refuses new flows too (fast-bounded: a bound of 1024 the test fills); when space returns all
+    recover by themselves, and the journal then holds every public endpoint the internet saw."""
+    bound = 1024
     text = raw_world.gateway_toml.read_text().replace(f'directory = "{raw_world.journal}"',
                                                       f'directory = "{small_disk / "journal"}"')  # fmt: skip
-    raw_world.gateway_toml.write_text(text.replace("[journal]\n", f'[journal]\naudit = "{audit}"\n', 1))
+    mode = audit.split("-")[0]
+    extra = f"max_unwritten_events = {bound}\n" if audit == "fast-bounded" else ""
+    raw_world.gateway_toml.write_text(text.replace("[journal]\n", f'[journal]\naudit = "{mode}"\n{extra}', 1))
     raw_world.start()
     assert _echo_works(raw_world)
     old = raw_world.spawn_command("c1", "old-flow", sys.executable, "-c",
                                   _OLD_FLOW.format(host=INTERNET_HOST, port=ECHO_PORT), "8")  # fmt: skip
     time.sleep(0.5)
     _fill(small_disk)
-    # new flows until the journal's segment needs a page the disk no longer has (its last one had room)
-    flows = raw_world.run("c2", sys.executable, "-c", _NEW_FLOWS.format(host=INTERNET_HOST, port=ECHO_PORT), "1.5")
+    # new flows until the journal's segment needs a page the disk no longer has (its last one had room);
+    # fast-bounded: long enough to make more than ``bound`` mappings the journal cannot take
+    seconds = "3" if audit == "fast-bounded" else "1.5"
+    flows = raw_world.run("c2", sys.executable, "-c", _NEW_FLOWS.format(host=INTERNET_HOST, port=ECHO_PORT), seconds)
     answered = int(flows.stdout.split()[0])
     time.sleep(1)  # the writer has met the full disk and retries
     doc = query(raw_world.status_socket)
     assert doc["journal"]["error"] and doc["journal"]["lag_events"] > 0, doc["journal"]  # the alarm
-    if audit == "strict":
+    if audit == "fast":
+        assert _echo_works(raw_world, "c2")  # fast: new flows go on, unjournaled for now
+        assert not doc["audit"]["refusing_new_flows"]
+    else:
         assert doc["audit"]["refusing_new_flows"]
         assert not _echo_works(raw_world, "c2")  # a new flow: refused
         assert doc["counts"]["refused_no_journal"] > 0
-    else:
-        assert _echo_works(raw_world, "c2")  # fast: new flows go on, unjournaled for now
+    if audit == "fast-bounded":  # memory bounded: new flows make no more events once the bound is hit
+        lag = query(raw_world.status_socket)["journal"]["lag_events"]
+        assert bound <= lag <= 2 * bound  # over it by one batch of new flows, and sessions' events
+        more = raw_world.run("c2", sys.executable, "-c", _NEW_FLOWS.format(host=INTERNET_HOST, port=ECHO_PORT), "1")
+        assert more.stdout.split()[0] == "0"
+        assert query(raw_world.status_socket)["journal"]["lag_events"] - lag < 16  # expiries at most
     (small_disk / "filler").unlink()  # space returns
     assert _until(lambda: query(raw_world.status_socket)["journal"]["lag_events"] == 0, 10)
     assert _until(lambda: _echo_works(raw_world, "c2"), 10)

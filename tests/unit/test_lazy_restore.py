@@ -179,6 +179,25 @@ def test_a_snapshot_with_columns_of_unequal_length_is_refused():
         Nat.restore(nat_config, Snapshot(upto_seq=1, at_ns=T0, proto=[17], int_addr=[C]), [], lazy=True)
 
 
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("lazy", [True, False])
+@pytest.mark.parametrize("column", ["created_ns", "last_seen_ns", "rest_until_ns"])
+def test_a_snapshot_time_that_leaves_64_bits_on_the_monotonic_clock_is_refused(column, lazy, compiled):
+    """Found by fuzzing: the compiled loader wrapped such a time, and the next snapshot raised OverflowError."""
+    from journal.events import Snapshot
+
+    rows = dict(proto=[17], int_addr=[C], int_port=[5], ext_addr=[C + 1], ext_port=[40000], session=[1],
+                created_ns=[T0], last_seen_ns=[T0], tcp_state=[0], packets_out=[1], bytes_out=[1],
+                packets_in=[0], bytes_in=[0], remote_addr=[0], remote_port=[0], client=[""],
+                rest_proto=[17], rest_ext_addr=[C + 1], rest_ext_port=[40001], rest_until_ns=[T0])  # fmt: skip
+    nat_config = make_nat().config
+    Nat.restore(nat_config, Snapshot(upto_seq=1, at_ns=T0, **rows), [], wall_offset=T0, lazy=lazy, compiled=compiled)
+    rows[column] = [-(1 << 63) + 5]  # a wall time that is fine in the file, and below int64 once T0 is taken off
+    with pytest.raises(ValueError, match=f"{column}: a time out of range"):
+        Nat.restore(nat_config, Snapshot(upto_seq=1, at_ns=T0, **rows), [], wall_offset=T0, lazy=lazy,
+                    compiled=compiled)  # fmt: skip
+
 def test_sessions_come_back_at_once_though_their_rows_are_pending(tmp_path):
     live = _live()
     lazy = Nat.restore(live.config, _snapshot_file(live, tmp_path, at(1)), [], lazy=True)

@@ -95,3 +95,23 @@ def test_an_address_held_by_another_client_is_skipped_and_a_full_pool_refuses():
     assert refused.code == "pool_empty" and _events(nat, SessionRefused)[-1].client == "alice"
     nat.close_session(T0, 102, "client_left")
     assert d.authorize(FP["alice"], PEER, T0).vpn_addr == "10.66.77.5" and "10.66.77.5" in pool
+
+
+def test_the_pool_skips_the_gateway_and_fixed_addresses_in_order():
+    """The implicit pool is the eager list it replaced: every host but the gateway's and the fixed ones."""
+    directory = SessionDirectory(_config("10.9.0.0/28"), Nat(config.parse("").nat))
+    gateway, fixed = inet.aton("10.9.0.1"), inet.aton("10.9.0.2")
+    eager = [a for a in range(inet.aton("10.9.0.1"), inet.aton("10.9.0.15")) if a not in (gateway, fixed)]
+    assert directory._pool_size == len(eager) == 12
+    assert [directory._pool_address(i) for i in range(len(eager))] == eager
+
+
+def test_a_slash_8_subnet_costs_nothing_until_clients_come():
+    """A /8 pool is not built at start (it was a list of 16 million addresses); a client still gets one."""
+    nat = Nat(config.parse("").nat)
+    directory = SessionDirectory(_config("10.0.0.0/8"), nat)
+    assert directory._pool_size == 2**24 - 2 - 2
+    welcome = directory.authorize(FP["alice"], PEER, T0)
+    assert isinstance(welcome, wire.Welcome)
+    assert inet.parse_prefix("10.0.0.0/8")[0] < inet.aton(welcome.vpn_addr) < inet.aton("10.255.255.255")
+    assert welcome.vpn_addr not in ("10.0.0.1", "10.0.0.2")

@@ -634,6 +634,27 @@ def test_tools_never_write_into_the_journal_and_build_missing_indexes_in_memory(
     assert reader.segment_index(seg) is reader.segment_index(seg)  # built once per process
 
 
+
+def test_the_process_keeps_only_the_last_few_segment_indexes(tmp_path, monkeypatch):
+    """A long-running reader meets every segment of a journal: the index cache is bounded, least recently
+    used first out, and a segment that changed is indexed again."""
+    h = generate(11, ticks=120, snapshot_every=20)
+    d = tmp_path / "j"
+    write_journal(d, h.events, h.snapshots, frame_events=8, segment_events=30)
+    segs = sorted(d.glob("seg-*.gwj"))
+    assert len(segs) > 3
+    monkeypatch.setattr(reader, "_INDEXES", type(reader._INDEXES)())
+    monkeypatch.setattr(reader, "_INDEX_CACHE_SIZE", 2)
+    first = reader.segment_index(segs[0])
+    for seg in segs[1:]:
+        reader.segment_index(seg)
+    assert list(reader._INDEXES) == [str(s) for s in segs[-2:]]
+    assert reader.segment_index(segs[0]) is not first and reader.segment_index(segs[0]) == first
+    last = reader.segment_index(segs[-2])
+    assert reader.segment_index(segs[-2]) is last
+    os.utime(segs[-2], ns=(1, 1))  # a segment replaced under the reader
+    assert reader.segment_index(segs[-2]) is not last
+
 def test_reindex_writes_the_missing_indexes_and_nothing_else(tmp_path, capsys):
     h = generate(11, ticks=120, snapshot_every=20)
     d = tmp_path / "j"
