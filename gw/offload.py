@@ -65,8 +65,9 @@ def header_fits(pkt: bytes | bytearray | memoryview) -> bool:
     """Whether a packet's virtio-net header (as a client sent it) describes the packet: the kernel acts
     on it when the packet goes out (raw gateway's GSO, another client's TUN), so a header from a
     client is checked before anything passes it on. A checksum to finish must be the L4 checksum of a
-    TCP/UDP packet that is not a later fragment; a super-packet's type must match its protocol, with a
-    checksum to finish and a segment size of at least ``MIN_GSO_SIZE``; ``hdr_len`` within the packet."""
+    TCP/UDP packet that is not a later fragment; a super-packet's type must match its protocol (a TCP
+    one with a whole TCP header), with a checksum to finish and a segment size of at least
+    ``MIN_GSO_SIZE``; ``hdr_len`` within the packet."""
     if len(pkt) < V.VNET_HDR_LEN + 20:
         return False
     flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = V.read_header(pkt)
@@ -81,6 +82,8 @@ def header_fits(pkt: bytes | bytearray | memoryview) -> bool:
     if kind == V.VNET_GSO_NONE:
         return True
     wanted = {V.VNET_GSO_TCPV4: P.PROTO_TCP, V.VNET_GSO_UDP_L4: P.PROTO_UDP}.get(kind)
+    if wanted == P.PROTO_TCP and (len(pkt) < V.VNET_HDR_LEN + ihl + 20 or pkt[V.VNET_HDR_LEN + ihl + 12] >> 4 < 5):
+        return False  # no whole TCP header to repeat in each segment
     return wanted == proto and bool(needs_csum) and gso_size >= MIN_GSO_SIZE
 
 
@@ -114,8 +117,8 @@ def segment(pkt: bytes | bytearray | memoryview) -> list[bytearray] | None:
             finish_checksum(ip, csum_start, csum_offset)
         return [ip]
     proto = ip[P.IP_PROTO]
-    if kind == V.VNET_GSO_TCPV4 and proto == P.PROTO_TCP and total >= ihl + 20:
-        head_len = ihl + (ip[ihl + 12] >> 4) * 4
+    if kind == V.VNET_GSO_TCPV4 and proto == P.PROTO_TCP and total >= ihl + 20 and ip[ihl + 12] >> 4 >= 5:
+        head_len = ihl + (ip[ihl + 12] >> 4) * 4  # a data offset below 5 words is no TCP header (fuzzing)
     elif kind == V.VNET_GSO_UDP_L4 and proto == P.PROTO_UDP and total >= ihl + 8:
         head_len = ihl + 8
     else:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from gw import inet
 from gw import packet as P
 from gw import vnet as V
-from gw.offload import MIN_GSO_SIZE, header_fits
+from gw.offload import MIN_GSO_SIZE, header_fits, segment
 
 SRC, DST = inet.aton("10.66.77.2"), inet.aton("203.0.113.10")
 TCP = bytes(P.build_tcp(SRC, DST, 40000, 80, payload=bytes(4000)))
@@ -45,12 +45,21 @@ def test_what_a_client_tun_gives_fits():
         _with(TCP, hdr_len=9000),  # headers longer than the packet
         _with(TCP, gso=7),  # an unknown GSO type
         _with(bytes(P.fragment(bytearray(UDP), 1000)[1]), gso=V.VNET_GSO_NONE, offset=6),  # a later fragment
+        _with(TCP[:32] + b"\x00" + TCP[33:]),  # a TCP data offset of 0 words (found by fuzzing)
     ],
     ids=["start-in-ip-header", "offset", "udp-offset-in-tcp", "tcp-gso-on-udp", "udp-gso-on-tcp", "tiny-gso",
-         "gso-without-csum", "hdr-len", "unknown-gso", "later-fragment"],
+         "gso-without-csum", "hdr-len", "unknown-gso", "later-fragment", "tcp-offset-0"],
 )
 def test_a_header_that_does_not_describe_its_packet_is_refused(pkt):
     assert not header_fits(pkt)
+
+
+@pytest.mark.parametrize("words", [0, 1, 4])
+def test_a_tcp_super_packet_without_a_whole_tcp_header_is_not_segmented(words):
+    """Found by fuzzing: a data offset below five words made ``segment`` write past its segments."""
+    bad = bytearray(TCP)
+    bad[32] = words << 4
+    assert segment(_with(bytes(bad))) is None
 
 
 @given(st.binary(min_size=0, max_size=80))

@@ -1,0 +1,124 @@
+"""TCP segments to and from a client, for the terminating endpoint (``gw.tcp_term.conn``): one bounded
+reader, one builder.
+
+``parse`` checks what the endpoint relies on (an IPv4 packet whose TCP header and options lie inside it,
+a correct checksum unless the client's offload left it partial) and returns the fields as a tuple, or
+None: a malformed segment is dropped, never raised. ``build`` makes the endpoint's answer, impersonating
+the remote (source = the remote's address and port).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+from gw import packet as P
+
+_TCP = struct.Struct("!HHIIBBHHH")
+_IP = struct.Struct("!BBHHHBBHII")
+DF = P.IP_DF
+OPT_WSCALE = 3  # RFC 7323 2.2
+TTL = 64
+MAX_PAYLOAD = 65535 - P.IP_MIN_HLEN - P.TCP_MIN_HLEN - 12  # one IPv4 packet, options included
+
+
+class Segment(NamedTuple):
+    """A client's segment: addresses and ports as on the wire, the payload as a slice of the packet."""
+
+    src: int
+    dst: int
+    sport: int
+    dport: int
+    seq: int
+    ack: int
+    flags: int
+    window: int  # unscaled, as in the header
+    payload: memoryview
+    mss: int  # the MSS option (0: absent); read on SYN only
+    wscale: int  # the window-scale option (-1: absent); read on SYN only
+
+
+def parse(pkt: bytes | bytearray | memoryview, checked: bool = True) -> Segment | None:
+    """The segment in an IPv4 packet, or None if it is not a whole, sound TCP segment.
+    ``checked``: verify the TCP checksum (False where the client's offload left it partial)."""
+    view = memoryview(pkt)
+    n = len(view)
+    if n < P.IP_MIN_HLEN + P.TCP_MIN_HLEN or view[0] >> 4 != 4 or view[P.IP_PROTO] != P.PROTO_TCP:
+        return None
+    ihl = (view[0] & 0x0F) * 4
+    total = P.get_u16(view, P.IP_TOTAL_LEN)[0]
+    if ihl < P.IP_MIN_HLEN or total > n or total < ihl + P.TCP_MIN_HLEN:
+        return None
+    if P.get_u16(view, P.IP_FRAG)[0] & P.IP_FRAG_MASK:
+        return None  # a fragment: the NAT's reassembly comes first
+    sport, dport, seq, ack, off, flags, window, _csum, _urg = _TCP.unpack_from(view, ihl)
+    thl = (off >> 4) * 4
+    if thl < P.TCP_MIN_HLEN or ihl + thl > total:
+        return None
+    src, dst = P.get_u32(view, P.IP_SRC)[0], P.get_u32(view, P.IP_DST)[0]
+    if checked:
+        initial = P.pseudo_header_sum(src, dst, P.PROTO_TCP, total - ihl)
+        if P.checksum(view, ihl, total, initial) not in (0, 0xFFFF):
+            return None
+    mss, wscale = 0, -1
+    if flags & P.TCP_SYN:
+        mss, wscale = _options(view, ihl + P.TCP_MIN_HLEN, ihl + thl)
+    return Segment(src, dst, sport, dport, seq, ack, flags, window, view[ihl + thl : total], mss, wscale)
+
+
+def _options(view: memoryview, at: int, end: int) -> tuple[int, int]:
+    """MSS and window scale from a SYN's options (bounded: a bad length ends the walk)."""
+    mss, wscale = 0, -1
+    while at < end:
+        kind = view[at]
+        if kind == P.TCP_OPT_END:
+            break
+        if kind == P.TCP_OPT_NOP:
+            at += 1
+            continue
+        if at + 1 >= end or view[at + 1] < 2 or at + view[at + 1] > end:
+            break
+        length = view[at + 1]
+        if kind == P.TCP_OPT_MSS and length == 4:
+            mss = P.get_u16(view, at + 2)[0]
+        elif kind == OPT_WSCALE and length == 3:
+            wscale = min(view[at + 2], 14)  # RFC 7323 2.3: larger values are taken as 14
+        at += length
+    return mss, wscale
+
+
+def build(
+    src: int, sport: int, dst: int, dport: int, seq: int, ack: int, flags: int, window: int,
+    payload: bytes | memoryview = b"", options: bytes = b"",
+) -> bytearray:  # fmt: skip
+    """A segment from ``src:sport`` to ``dst:dport`` with correct checksums, DF set (the client's path
+    MTU is the tunnel's, known)."""
+    thl = P.TCP_MIN_HLEN + len(options)
+    total = P.IP_MIN_HLEN + thl + len(payload)
+    pkt = bytearray(total)
+    _IP.pack_into(pkt, 0, 0x45, 0, total, 0, DF, TTL, P.PROTO_TCP, 0, src, dst)
+    P.put_u16(pkt, P.IP_CSUM, P.checksum(pkt, 0, P.IP_MIN_HLEN))
+    _TCP.pack_into(pkt, P.IP_MIN_HLEN, sport, dport, seq, ack, (thl // 4) << 4, flags, window, 0, 0)
+    at = P.IP_MIN_HLEN + P.TCP_MIN_HLEN
+    pkt[at : at + len(options)] = options
+    pkt[at + len(options) :] = payload
+    initial = P.pseudo_header_sum(src, dst, P.PROTO_TCP, total - P.IP_MIN_HLEN)
+    P.put_u16(pkt, P.IP_MIN_HLEN + P.TCP_CSUM, P.checksum(pkt, P.IP_MIN_HLEN, total, initial))
+    return pkt
+
+
+def syn_options(mss: int, wscale: int) -> bytes:
+    """MSS, then NOP and window scale (``wscale`` -1: none): the SYN-ACK's options, 32-bit aligned."""
+    opts = struct.pack("!BBH", P.TCP_OPT_MSS, 4, mss)
+    if wscale >= 0:
+        opts += struct.pack("!BBBB", P.TCP_OPT_NOP, OPT_WSCALE, 3, wscale)
+    return opts
+
+
+def reset_for(seg: Segment) -> bytearray:
+    """The RST that answers a segment no connection takes (RFC 9293 3.10.7.1), from its destination."""
+    if seg.flags & P.TCP_ACK_FLAG:
+        return build(seg.dst, seg.dport, seg.src, seg.sport, seg.ack, 0, P.TCP_RST, 0)
+    length = len(seg.payload) + bool(seg.flags & P.TCP_SYN) + bool(seg.flags & P.TCP_FIN)
+    ack = (seg.seq + length) & 0xFFFFFFFF
+    return build(seg.dst, seg.dport, seg.src, seg.sport, 0, ack, P.TCP_RST | P.TCP_ACK_FLAG, 0)
