@@ -14,6 +14,7 @@ from gw import inet
 from gw import packet as P
 from gw.tcp_term import conn as C
 from gw.tcp_term import segment as S
+from gw.tcp_term import table as T
 
 CLIENT, REMOTE = inet.aton("10.66.77.2"), inet.aton("203.0.113.9")
 CPORT, RPORT = 40000, 443
@@ -45,7 +46,7 @@ def sent(conn: C.TcpConn) -> list[dpkt.tcp.TCP]:
     for pkt in conn.out:
         ip = dpkt.ip.IP(bytes(pkt))
         assert ip.src == REMOTE.to_bytes(4, "big") and ip.dst == CLIENT.to_bytes(4, "big")
-        assert ip.off & dpkt.ip.IP_DF and P.check_ipv4(pkt) == 0
+        assert ip.df and P.check_ipv4(pkt) == 0
         tcp, checksum = ip.data, ip.data.sum
         tcp.sum, ip.sum = 0, 0
         bytes(ip)  # dpkt computes both checksums again
@@ -346,3 +347,41 @@ def test_any_segment_in_any_state_gets_a_segment_or_a_drop_never_an_exception(se
 @pytest.mark.parametrize("bad", [b"", b"\x45" + b"\0" * 39, bytes(P.build_udp(CLIENT, REMOTE, 1, 2, b"x"))])
 def test_not_tcp_or_cut_short_is_no_segment(bad):
     assert S.parse(bad) is None
+
+
+# ---------------------------------------------------------------------- the table of connections
+
+
+def _syn(src: int, sport: int) -> S.Segment:
+    tcp = dpkt.tcp.TCP(sport=sport, dport=RPORT, seq=ISN, flags=dpkt.tcp.TH_SYN, win=65535)
+    ip = dpkt.ip.IP(src=src.to_bytes(4, "big"), dst=REMOTE.to_bytes(4, "big"), p=6, data=tcp)
+    ip.len = 40
+    return S.parse(bytes(ip))
+
+
+def test_connections_are_bounded_per_client_and_in_total_and_counted():
+    table = T.Terminations(mss_limit=1380, max_total=5, max_per_client=3, rng=random.Random(1))
+    alice, bob, carol = CLIENT, CLIENT + 1, CLIENT + 2
+    assert all(isinstance(table.open(_syn(alice, p), T0), C.TcpConn) for p in (1, 2, 3))
+    assert table.open(_syn(alice, 4), T0) == "limit_client"
+    assert isinstance(table.open(_syn(bob, 1), T0), C.TcpConn) and isinstance(table.open(_syn(bob, 2), T0), C.TcpConn)
+    assert table.open(_syn(carol, 1), T0) == "limit_total"
+    assert table.counts == {"opened": 5, "refused_total": 1, "refused_client": 1, "closed": 0}
+    table.remove(table.find(_syn(alice, 1)))
+    assert table.find(_syn(alice, 1)) is None and isinstance(table.open(_syn(carol, 1), T0), C.TcpConn)
+    assert table.per_client == {alice: 2, bob: 2, carol: 1}
+
+
+def test_timers_run_in_deadline_order_and_a_re_armed_one_runs_once():
+    table = T.Terminations(mss_limit=1380, rng=random.Random(1))
+    first, second = table.open(_syn(CLIENT, 1), T0), table.open(_syn(CLIENT, 2), T0)
+    second.accept(T0, SPACE)
+    first.accept(T0 + MS, SPACE)
+    for conn in (first, second):
+        table.touch(conn)
+        table.touch(conn)  # no second entry for the same deadline
+    assert table.due(T0) == []
+    assert table.due(T0 + 2 * C.RTO_INITIAL_NS) == [second, first]  # each once, earliest first
+    assert table.next_deadline() == second.deadline()
+    table.remove(second)
+    assert table.due(second.deadline()) == [first]  # a removed connection's entry is stale
