@@ -138,8 +138,7 @@ _FILTER_MASK = {
     "address-dependent": 0xFFFF_FFFF_0000,
     "address-and-port-dependent": 0xFFFF_FFFF_FFFF,
 }
-TCP_OPT_WSCALE = 3  # RFC 7323
-TCP_MAX_WSCALE = 14  # RFC 7323 2.3
+TCP_OPT_WSCALE, TCP_MAX_WSCALE = P.TCP_OPT_WSCALE, P.TCP_MAX_WSCALE
 
 
 class Nat:
@@ -1581,20 +1580,9 @@ def _learn_syn(m: Mapping, pkt: bytearray | memoryview, l4: int) -> None:
     """From a client's SYN: the acknowledgement a RST must carry, and the largest window it can advertise."""
     m.ack = (P.get_u32(pkt, l4 + P.TCP_SEQ)[0] + 1) & 0xFFFFFFFF
     shift = 0
-    end = min(l4 + (pkt[l4 + P.TCP_OFF] >> 4) * 4, len(pkt))
-    i = l4 + P.TCP_MIN_HLEN
-    while i < end:
-        kind = pkt[i]
-        if kind == P.TCP_OPT_END:
-            break
-        if kind == P.TCP_OPT_NOP:
-            i += 1
-            continue
-        if i + 1 >= end or pkt[i + 1] < 2:
-            break
-        if kind == TCP_OPT_WSCALE and pkt[i + 1] == 3 and i + 2 < end:
-            shift = min(pkt[i + 2], TCP_MAX_WSCALE)
-        i += pkt[i + 1]
+    for kind, at, length in P.tcp_options(pkt, l4):
+        if kind == TCP_OPT_WSCALE and length == 3:
+            shift = min(pkt[at + 2], TCP_MAX_WSCALE)
     m.max_window = 0xFFFF << shift
 
 

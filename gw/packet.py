@@ -24,6 +24,7 @@ are relative to the L4 header.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 
 from gw.verdict import DROP_COUNT, Drop  # noqa: F401  (re-exported)
 
@@ -70,6 +71,8 @@ TCP_ACK_FLAG = 0x10
 TCP_OPT_END = 0
 TCP_OPT_NOP = 1
 TCP_OPT_MSS = 2
+TCP_OPT_WSCALE = 3  # RFC 7323
+TCP_MAX_WSCALE = 14  # RFC 7323 2.3
 ICMP_TYPE = 0
 ICMP_CODE = 1
 ICMP_CSUM = 2
@@ -326,6 +329,24 @@ def build_icmp_error(
         else b"\0\0\0\0"
     )
     return build_icmp(src, dst, icmp_type, code, rest, bytes(original[:ICMP_QUOTE_MAX]), **ip)
+
+
+def tcp_options(pkt: bytes | bytearray | memoryview, l4: int) -> Iterator[tuple[int, int, int]]:
+    """``(kind, offset, length)`` of each option of the TCP header at ``l4``, in order: the one bounded
+    walk (it ends at END, at the header's or the packet's end, or at a length that does not fit)."""
+    end = min(l4 + (pkt[l4 + TCP_OFF] >> 4) * 4, len(pkt))
+    i = l4 + TCP_MIN_HLEN
+    while i < end:
+        kind = pkt[i]
+        if kind == TCP_OPT_END:
+            return
+        if kind == TCP_OPT_NOP:
+            i += 1
+            continue
+        if i + 1 >= end or pkt[i + 1] < 2 or i + pkt[i + 1] > end:
+            return  # malformed: the endpoints' business
+        yield kind, i, pkt[i + 1]
+        i += pkt[i + 1]
 
 
 def mss_option(mss: int) -> bytes:

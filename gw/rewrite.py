@@ -63,24 +63,11 @@ def rewrite_icmp_id(pkt: bytearray | memoryview, l4: int, old: int, new: int, li
 
 def clamp_mss(pkt: bytearray | memoryview, l4: int, mss: int) -> None:
     """Lower the MSS option of a SYN to ``mss`` (RFC 6691), fixing the TCP checksum; other options untouched."""
-    doff = (pkt[l4 + P.TCP_OFF] >> 4) * 4
-    end = min(l4 + doff, len(pkt))
-    i = l4 + P.TCP_MIN_HLEN
-    while i < end:
-        kind = pkt[i]
-        if kind == P.TCP_OPT_END:
-            return
-        if kind == P.TCP_OPT_NOP:
-            i += 1
-            continue
-        if i + 1 >= end or pkt[i + 1] < 2:
-            return  # malformed options: leave them to the endpoints
-        size = pkt[i + 1]
-        if kind == P.TCP_OPT_MSS and size == 4 and i + 4 <= end:
-            old = P.get_u16(pkt, i + 2)[0]
+    for kind, at, length in P.tcp_options(pkt, l4):
+        if kind == P.TCP_OPT_MSS and length == 4:
+            old = P.get_u16(pkt, at + 2)[0]
             if old > mss:
-                P.put_u16(pkt, i + 2, mss)
-                at = l4 + P.TCP_CSUM
-                P.put_u16(pkt, at, P.csum_adjust(P.get_u16(pkt, at)[0], (~old & 0xFFFF) + mss))
+                P.put_u16(pkt, at + 2, mss)
+                csum = l4 + P.TCP_CSUM
+                P.put_u16(pkt, csum, P.csum_adjust(P.get_u16(pkt, csum)[0], (~old & 0xFFFF) + mss))
             return
-        i += size

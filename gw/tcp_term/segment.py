@@ -17,7 +17,6 @@ from gw import packet as P
 _TCP = struct.Struct("!HHIIBBHHH")
 _IP = struct.Struct("!BBHHHBBHII")
 DF = P.IP_DF
-OPT_WSCALE = 3  # RFC 7323 2.2
 TTL = 64
 MAX_PAYLOAD = 65535 - P.IP_MIN_HLEN - P.TCP_MIN_HLEN - 12  # one IPv4 packet, options included
 
@@ -62,28 +61,18 @@ def parse(pkt: bytes | bytearray | memoryview, checked: bool = True) -> Segment 
             return None
     mss, wscale = 0, -1
     if flags & P.TCP_SYN:
-        mss, wscale = _options(view, ihl + P.TCP_MIN_HLEN, ihl + thl)
+        mss, wscale = _options(view[:total], ihl)
     return Segment(src, dst, sport, dport, seq, ack, flags, window, view[ihl + thl : total], mss, wscale)
 
 
-def _options(view: memoryview, at: int, end: int) -> tuple[int, int]:
-    """MSS and window scale from a SYN's options (bounded: a bad length ends the walk)."""
+def _options(view: memoryview, l4: int) -> tuple[int, int]:
+    """MSS and window scale from a SYN's options."""
     mss, wscale = 0, -1
-    while at < end:
-        kind = view[at]
-        if kind == P.TCP_OPT_END:
-            break
-        if kind == P.TCP_OPT_NOP:
-            at += 1
-            continue
-        if at + 1 >= end or view[at + 1] < 2 or at + view[at + 1] > end:
-            break
-        length = view[at + 1]
+    for kind, at, length in P.tcp_options(view, l4):
         if kind == P.TCP_OPT_MSS and length == 4:
             mss = P.get_u16(view, at + 2)[0]
-        elif kind == OPT_WSCALE and length == 3:
-            wscale = min(view[at + 2], 14)  # RFC 7323 2.3: larger values are taken as 14
-        at += length
+        elif kind == P.TCP_OPT_WSCALE and length == 3:
+            wscale = min(view[at + 2], P.TCP_MAX_WSCALE)  # RFC 7323 2.3: larger values are taken as 14
     return mss, wscale
 
 
@@ -111,7 +100,7 @@ def syn_options(mss: int, wscale: int) -> bytes:
     """MSS, then NOP and window scale (``wscale`` -1: none): the SYN-ACK's options, 32-bit aligned."""
     opts = struct.pack("!BBH", P.TCP_OPT_MSS, 4, mss)
     if wscale >= 0:
-        opts += struct.pack("!BBBB", P.TCP_OPT_NOP, OPT_WSCALE, 3, wscale)
+        opts += struct.pack("!BBBB", P.TCP_OPT_NOP, P.TCP_OPT_WSCALE, 3, wscale)
     return opts
 
 
