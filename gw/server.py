@@ -139,7 +139,7 @@ class Gateway:
         self._gateway_addr = inet.aton(cfg.vpn.gateway_address)
         ext = cfg.external
         if socket_mode:
-            self.external = SocketGateway(nat, ext.max_sockets)
+            self.external = SocketGateway(nat, ext.max_sockets, tunnel_mtu=cfg.tunnel.mtu)
         elif ext.mode == "raw":
             self.external = RawGateway(nat, ext.interface, ext.next_hop, ext.mac, tunnel_mtu=cfg.tunnel.mtu)
         if self.external is not None:

@@ -36,7 +36,10 @@ remote sent (remote -> public endpoint) and handed to ``on_packet``, so inbound 
   ``IP_RECVERR`` (udp(7)): the send after an ICMP error fails with that error and sends nothing, so a
   failed send is tried once more.
 - Fragments cannot be sent through a socket one by one; a fragmented datagram is dropped and counted
-  (``fragments``). TCP is not carried (see the package docstring).
+  (``fragments``).
+- TCP: each client connection is ended here and carried on through a kernel TCP socket bound to the
+  mapping's port (``gw.external.tcp_relay``). Such a connection cannot outlive the process that holds
+  its socket: after a restart its segments get a RST, and the client connects again.
 """
 
 from __future__ import annotations
@@ -47,12 +50,14 @@ import logging
 import resource
 import socket
 import struct
+import time
 
 from gw import inet
 from gw import packet as P
 from gw import vnet as V
 from gw.external import icmp_errors as E
 from gw.external.base import OnPacket
+from gw.external.tcp_relay import TcpRelay
 from gw.nat import Nat
 from gw.rearm import rearm
 from gw.verdict import Drop
@@ -74,11 +79,14 @@ class SocketGateway:
     """Kernel sockets per mapping (see the module docstring)."""
 
     name = "socket"
-    carries_tcp = False
+    carries_tcp = True
     vnet = False  # what it hands to on_packet is plain IPv4
 
-    def __init__(self, nat: Nat, max_sockets: int = 0) -> None:
+    def __init__(self, nat: Nat, max_sockets: int = 0, tunnel_mtu: int = 1420) -> None:
         self.nat = nat
+        self.mss_limit = tunnel_mtu - P.IP_MIN_HLEN - P.TCP_MIN_HLEN
+        self.relay: TcpRelay | None = None
+        self._fresh_tcp: dict[int, socket.socket] = {}  # ext port -> a bound TCP socket its SYN will connect
         self.counts = {"sockets": 0, "sockets_full": 0, "bind_failed": 0, "send_failed": 0, "fragments": 0,
                        "no_socket": 0, "received": 0, "ping_refused": 0, "icmp_errors": 0, "local_errors": 0,
                        "other_errors": 0, "udp_segmented": 0, "segmented_by_hand": 0}  # fmt: skip
@@ -91,9 +99,15 @@ class SocketGateway:
 
     def start(self, on_packet: OnPacket) -> None:
         self._on_packet = on_packet
+        self.relay = TcpRelay(on_packet, self.mss_limit, time.monotonic_ns, self.counts)
 
     def stop(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.relay is not None:
+            self.relay.stop()
+        for s in self._fresh_tcp.values():
+            s.close()
+        self._fresh_tcp.clear()
         for s in self._socks.values():
             loop.remove_reader(s.fileno())
             s.close()
@@ -109,7 +123,7 @@ class SocketGateway:
         proto, src = pkt[P.IP_PROTO], P.get_u32(pkt, P.IP_SRC)[0]
         l4 = (pkt[0] & 15) * 4
         port = P.get_u16(pkt, l4 + 4)[0] if proto == P.PROTO_ICMP else P.get_u16(pkt, l4)[0]
-        if len(self._socks) >= self.max_sockets:
+        if self._sockets_in_use() >= self.max_sockets:
             self.counts["sockets_full"] += 1
             return Drop.PORTS_EXHAUSTED
         ext_addr = self.nat.paired_address(src)
@@ -121,8 +135,15 @@ class SocketGateway:
         if isinstance(made, int):
             sock.close()
             return made
-        self._register(proto, ext_addr, ext_port, sock)
+        if proto == P.PROTO_TCP:
+            self._fresh_tcp[ext_port] = sock  # connected by the relay when the SYN comes through
+        else:
+            self._register(proto, ext_addr, ext_port, sock)
         return self.nat.translate_outbound(pkt, now)
+
+    def _sockets_in_use(self) -> int:
+        relay = len(self.relay.table.conns) if self.relay is not None else 0
+        return len(self._socks) + len(self._fresh_tcp) + relay
 
     def send_outbound(self, pkt: bytearray | memoryview, now: int, vnet: bool = False) -> None:
         """Send a translated UDP datagram or ICMP echo (after its virtio-net header when ``vnet``) from its
@@ -143,6 +164,10 @@ class SocketGateway:
             key, payload, where = (proto, sport), pkt[l4 + 8 : total], (dst, dport)
         elif proto == P.PROTO_ICMP:
             key, payload, where = (proto, P.get_u16(pkt, l4 + 4)[0]), pkt[l4:total], (dst, 0)
+        elif proto == P.PROTO_TCP and self.relay is not None:
+            fresh = self._fresh_tcp.pop(P.get_u16(pkt, l4)[0], None) if len(pkt) > l4 + 1 else None
+            self.relay.segment(memoryview(pkt)[:total], fresh, now)
+            return
         else:
             return
         sock = self._socks.get(key) or self._rebind(*key, P.get_u32(pkt, P.IP_SRC)[0])
@@ -186,12 +211,22 @@ class SocketGateway:
                 self.counts["send_failed"] += 1
 
     def tick(self, now: int) -> None:
-        """Nothing periodic: each socket is read when it is readable."""
+        """The relay's TCP timers (each socket is read when it is readable)."""
+        if self.relay is not None:
+            self.relay.tick(now)
+            self.counts["tcp_connections"] = len(self.relay.table.conns)
 
     def describe(self) -> dict:
         return {"max_sockets": self.max_sockets}
 
     def mapping_ended(self, proto: int, ext_addr: int, ext_port: int) -> None:
+        if proto == P.PROTO_TCP:
+            fresh = self._fresh_tcp.pop(ext_port, None)
+            if fresh is not None:
+                fresh.close()
+            if self.relay is not None:
+                self.relay.mapping_ended(ext_port)
+            return
         sock = self._socks.pop((proto, ext_port), None)
         self._ttl.pop((proto, ext_port), None)
         self._df.pop((proto, ext_port), None)
@@ -203,8 +238,9 @@ class SocketGateway:
     # ------------------------------------------------------------------ sockets
     def _bind(self, proto: int, ext_addr: int, port: int) -> socket.socket | None:
         kind = socket.IPPROTO_ICMP if proto == P.PROTO_ICMP else 0
+        stream = proto == P.PROTO_TCP
         try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, kind)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM if stream else socket.SOCK_DGRAM, kind)
         except PermissionError:
             self.counts["ping_refused"] += 1
             if not self._ping_warned:
@@ -217,7 +253,8 @@ class SocketGateway:
             return None
         try:
             sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)  # ICMP errors queued, for the client
+            if not stream:
+                sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)  # ICMP errors queued, for the client
             sock.bind((inet.ntoa(ext_addr), port))
         except OSError as e:
             sock.close()

@@ -18,11 +18,14 @@ design, ``tcp.c``: "avoiding the need for segmentation, explicit queueing, and r
   peek offset forward), so the bytes stay in the kernel until the client acknowledges them. ``room()``
   says how many bytes the client's window and the congestion window allow now, ``send(data)`` makes
   segments of them (GSO super-packets of up to ``gso_segments`` MSS when the client takes offloads),
-  an event ``("acked", n)`` tells the shell to consume ``n`` bytes for good, and ``("rewind",)`` to
-  peek again from the first unacknowledged byte (a retransmission: go-back-N from ``snd_una``).
+  an event ``("acked", n)`` tells the shell to consume ``n`` bytes for good, ``("resend", n)`` to peek
+  the first ``n`` unacknowledged bytes again for ``resend`` (a fast retransmission), and ``("rewind",)``
+  to peek again from the first unacknowledged byte on (after a timeout: go-back-N from ``snd_una``).
 - Loss recovery toward the client is RFC 6298's timer (Karn's rule for samples, backoff, at most
-  ``MAX_RETRIES`` in a row) and fast retransmit on three duplicate ACKs, with a NewReno-style window
-  (RFC 5681: slow start from ten segments (RFC 6928), halving on loss, one segment after a timeout).
+  ``MAX_RETRIES`` in a row) and NewReno (RFC 5681, RFC 6582): on three duplicate ACKs the first
+  missing segment again, one more per partial ACK, and no new fast retransmit until everything sent
+  before it is acknowledged (duplicates the client gets do not start a storm); slow start from ten
+  segments (RFC 6928), halving on loss, one segment after a timeout.
 - Closing: a client FIN, once its data is delivered, is ``("fin",)`` (the shell shuts the kernel
   socket's write side); the remote's end of stream is ``remote_eof()``, sent as a FIN after the last
   byte. When both FINs are acknowledged the connection lingers ``LINGER_NS`` to answer a repeated FIN,
@@ -87,6 +90,7 @@ class TcpConn:
         self.cwnd = INITIAL_WINDOW_SEGMENTS * self.mss
         self.ssthresh = 1 << 30
         self.dupacks = 0
+        self.recover: int | None = None  # in loss recovery until snd_una passes it (RFC 6582's "recover")
         self.fin_seq: int | None = None  # the remote's end of stream (the FIN's sequence number)
         self.fin_received = False
         self._pending_fin = False  # the payload ``on_segment`` returned ends with a FIN
@@ -245,8 +249,8 @@ class TcpConn:
             self.snd_wnd = window
             if dup:
                 self.dupacks += 1
-                if self.dupacks == DUP_ACKS:
-                    self._loss(now, timeout=False)
+                if self.dupacks == DUP_ACKS and self.recover is None:
+                    self._fast_retransmit(now)
             elif self.snd_wnd and self.probe_at is not None:
                 self.probe_at = None
             self._check_zero_window(now)
@@ -260,7 +264,13 @@ class TcpConn:
         if acked:
             self.events.append(("acked", acked))
         self._sample(ack, now)
-        if self.cwnd < self.ssthresh:
+        if self.recover is not None:
+            if seq_lt(ack, self.recover):
+                self._resend_first()  # a partial ACK: the next hole (RFC 6582 3.2 step 3)
+            else:
+                self.recover = None  # every byte sent before the loss is in
+                self.cwnd = self.ssthresh
+        elif self.cwnd < self.ssthresh:
             self.cwnd += min(acked, self.mss)  # slow start
         else:
             self.cwnd += max(1, self.mss * self.mss // self.cwnd)  # congestion avoidance
@@ -314,12 +324,40 @@ class TcpConn:
             self._emit((self.snd_una - 1) & M32, P.TCP_ACK_FLAG)  # RFC 9293 3.8.6.1: a window probe
             self.probe_at = now + min(max(self.rto, RTO_MIN_NS) * 2, RTO_MAX_NS)
 
+    def _fast_retransmit(self, now: int) -> None:
+        """Three duplicate ACKs: the first unacknowledged segment again, the window halved, and no
+        second fast retransmit until everything sent so far is acknowledged (RFC 5681 3.2, RFC 6582)."""
+        flight = (self.snd_max - self.snd_una) & M32
+        self.ssthresh = self.cwnd = max(flight // 2, 2 * self.mss)
+        self.recover = self.snd_max
+        self._timing = None  # Karn: no sample from retransmitted data
+        self._resend_first()
+        self.rto_at = now + self.rto
+
+    def _resend_first(self) -> None:
+        """The segment at ``snd_una`` again: ``("resend", n)`` asks the shell for its ``n`` bytes (peeked
+        at offset 0) and to call ``resend``; a FIN alone is sent from here."""
+        if self.fin_seq is not None and self.snd_una == self.fin_seq:
+            self._emit(self.fin_seq, P.TCP_FIN | P.TCP_ACK_FLAG)
+            return
+        end = self.fin_seq if self.fin_seq is not None else self.snd_max
+        n = min((end - self.snd_una) & M32, self.mss)
+        if n and seq_lt(self.snd_una, self.snd_nxt):
+            self.events.append(("resend", n))
+
+    def resend(self, data: bytes | memoryview, now: int) -> None:
+        """The bytes at ``snd_una`` the shell peeked for a ``("resend", n)``: sent again, ``snd_nxt`` kept."""
+        if data and self.state == OPEN:
+            self._emit(self.snd_una, P.TCP_ACK_FLAG | P.TCP_PSH, memoryview(data)[: self.mss])
+
     def _loss(self, now: int, timeout: bool) -> None:
-        """Go back to ``snd_una``: the shell peeks again from there (``("rewind",)``)."""
+        """A retransmission timeout: back to ``snd_una`` with one segment's window; the shell peeks again
+        from there (``("rewind",)``). The duplicates it causes start no fast retransmit (``recover``)."""
         flight = (self.snd_max - self.snd_una) & M32
         self.ssthresh = max(flight // 2, 2 * self.mss)
         self.cwnd = self.mss if timeout else self.ssthresh
         self.dupacks = 0
+        self.recover = self.snd_max if flight else None
         self._timing = None  # Karn: no sample from retransmitted data
         self.snd_nxt = self.snd_una
         if self.fin_seq is not None and self.snd_una == self.fin_seq:

@@ -214,11 +214,14 @@ def test_a_full_disk_under_the_journal(raw_world, small_disk, audit):
         assert not _echo_works(raw_world, "c2")  # a new flow: refused
         assert doc["counts"]["refused_no_journal"] > 0
     if audit == "fast-bounded":  # memory bounded: new flows make no more events once the bound is hit
-        lag = query(raw_world.status_socket)["journal"]["lag_events"]
-        assert bound <= lag <= 2 * bound  # over it by one batch of new flows, and sessions' events
+        doc = query(raw_world.status_socket)
+        assert bound <= doc["journal"]["lag_events"] <= 2 * bound  # over by one batch of flows, sessions' events
         more = raw_world.run("c2", sys.executable, "-c", _NEW_FLOWS.format(host=INTERNET_HOST, port=ECHO_PORT), "1")
-        assert more.stdout.split()[0] == "0"
-        assert query(raw_world.status_socket)["journal"]["lag_events"] - lag < 16  # expiries at most
+        after = query(raw_world.status_socket)
+        # refused (a retried write that found a free block may let one in); what waits stays bounded
+        assert int(more.stdout.split()[0]) <= 2
+        assert after["counts"]["refused_no_journal"] > doc["counts"]["refused_no_journal"]
+        assert after["journal"]["lag_events"] <= 2 * bound
     (small_disk / "filler").unlink()  # space returns
     assert _until(lambda: query(raw_world.status_socket)["journal"]["lag_events"] == 0, 10)
     assert _until(lambda: _echo_works(raw_world, "c2"), 10)

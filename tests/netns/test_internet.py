@@ -4,6 +4,7 @@ each datagram came from, which the journal must attribute to the right client.""
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import time
@@ -11,7 +12,8 @@ import time
 import pytest
 
 from gw import inet
-from gw.lab.world import ECHO_PORT, GATEWAY_HOST, INTERNET_HOST, INTERNET_SECOND, LabWorld
+from gw.lab.services import http_body_sha256
+from gw.lab.world import ECHO_PORT, GATEWAY_HOST, HTTP_PORT, INTERNET_HOST, INTERNET_SECOND, INTERNET_WWW, LabWorld
 from gw.status import query
 from journal.holders import find_holders
 from journal.reader import Journal
@@ -59,14 +61,33 @@ def test_the_mapping_is_endpoint_independent_one_public_port_toward_two_destinat
     assert len(seen) == 2 and seen[0] == seen[1]  # RFC 4787 REQ-1: the same external endpoint for both
 
 
-def test_tcp_in_socket_mode_fails_fast_with_a_reset(world):
+def test_tcp_in_socket_mode_is_ended_at_the_gateway_and_carried_on_through_kernel_sockets(world):
+    """A download and an echo through user-space TCP termination (gw.tcp_term) and kernel sockets,
+    checked end to end by sha256; the HTTP server sees the host's public address, and the journal
+    names the client that held the public port it saw."""
+    world.start()
+    size = 20_000_000
+    got = world.probe("c1", "http_get", INTERNET_WWW, HTTP_PORT, f"/bytes/{size}", 60, timeout=70)
+    assert got.get("status") == 200 and got["bytes"] == size and got["sha256"] == http_body_sha256(size), got
+    echo = world.probe("c1", "tcp_echo", INTERNET_HOST, ECHO_PORT, 4 << 20)
+    assert echo.get("same") is True and echo.get("bytes") == 4 << 20, echo
+    log = (world.dir / "internet.log").read_text()
+    seen = [ln.split()[-1] for ln in log.splitlines() if ln.startswith(f"http sent {size} bytes to ")]
+    assert len(seen) == 1, log[-2000:]
+    addr, _, port = seen[0].rpartition(":")
+    holders = find_holders(Journal(world.journal), inet.aton(addr), int(port), 6, time.time_ns())
+    assert [h.session.client for h in holders] == ["alice"], holders
+
+
+def test_tcp_in_socket_mode_a_refused_connect_fails_fast_with_a_reset(world):
     world.start()
     t = time.monotonic()
-    code = (f"import socket\ntry:\n    socket.create_connection(({INTERNET_HOST!r}, {ECHO_PORT}), timeout=5)\n"
+    code = (f"import socket\ntry:\n    socket.create_connection(({INTERNET_HOST!r}, 9), timeout=5)\n"
             "except ConnectionRefusedError:\n    print('refused')")
     assert world.run("c1", sys.executable, "-c", code).stdout.strip() == "refused"
     assert time.monotonic() - t < 3
-    assert query(world.status_socket)["counts"]["tcp_refused"] >= 1
+    ext = query(world.status_socket)["external"]
+    assert ext["tcp_connect_failed"] >= 1, json.dumps(ext)
 
 
 def test_after_a_gateway_restart_a_flow_goes_on_from_the_same_public_port(world):

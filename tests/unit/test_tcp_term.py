@@ -157,17 +157,25 @@ def test_gso_super_packets_carry_several_segments_each():
     assert [len(s.data) for s in sent(conn)] == [1360 * 44, 100_000 - 1360 * 44]
 
 
-def test_three_duplicate_acks_rewind_and_halve_the_window():
+def test_three_duplicate_acks_resend_the_first_missing_segment_once_and_halve_the_window():
     conn = opened(window=65535)
     conn.send(b"c" * (4 * 1360), T0)
     sent(conn)
     before = conn.cwnd
     for _ in range(1 + C.DUP_ACKS):  # one new acknowledgement, then three duplicates of it
         conn.on_segment(client_segment(ISN + 1, ISS + 1 + 1360, window=65535), T0)
-    assert events(conn) == [("acked", 1360), ("rewind",)]
-    assert conn.snd_nxt == conn.snd_una == ISS + 1 + 1360 and conn.cwnd < before
-    conn.send(b"c" * conn.room(), T0)  # the shell peeks again from snd_una
-    assert sent(conn)[0].seq == ISS + 1 + 1360
+    assert events(conn) == [("acked", 1360), ("resend", 1360)]
+    assert conn.snd_nxt == conn.snd_max == ISS + 1 + 4 * 1360 and conn.cwnd < before  # nothing else again
+    conn.resend(b"c" * 1360, T0)  # the shell peeked them at offset 0
+    (again,) = sent(conn)
+    assert again.seq == ISS + 1 + 1360 and len(again.data) == 1360
+    for _ in range(5):  # more duplicates (the client got the resent segment's followers): no new storm
+        conn.on_segment(client_segment(ISN + 1, ISS + 1 + 1360, window=65535), T0)
+    assert events(conn) == []
+    conn.on_segment(client_segment(ISN + 1, ISS + 1 + 2 * 1360, window=65535), T0)  # a partial ACK
+    assert events(conn) == [("acked", 1360), ("resend", 1360)]  # the next hole
+    conn.on_segment(client_segment(ISN + 1, ISS + 1 + 4 * 1360, window=65535), T0)
+    assert events(conn) == [("acked", 2 * 1360)] and conn.recover is None and conn.cwnd == conn.ssthresh
 
 
 def test_a_timeout_rewinds_to_one_segment_and_backs_off_then_gives_up():
@@ -289,6 +297,8 @@ def test_the_remote_stream_reaches_a_lossy_client_whole_and_the_kernel_buffer_is
                 peek = max(0, peek - event[1])  # as the kernel moves SO_PEEK_OFF
             elif event[0] == "rewind":
                 peek = 0
+            elif event[0] == "resend":
+                conn.resend(kernel[: event[1]], now)
 
     for _ in range(5000):
         room = conn.room()

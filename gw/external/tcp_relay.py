@@ -1,0 +1,270 @@
+"""Socket mode's TCP: each client connection ended in user space (``gw.tcp_term``) and carried on through
+a kernel TCP socket from the public address.
+
+Theory of operation
+-------------------
+The relay sits behind the NAT, as socket mode's UDP sockets do: a client's SYN makes a mapping whose
+external port is the port a kernel TCP socket was bound to (``SocketGateway.new_mapping``, journaled as
+``MappingCreated``; in strict audit the SYN waits until it is durable, so the SYN-ACK does too). The
+NAT translates the client's segments (source = the public endpoint) and hands them here; the
+endpoint's answers are built from the remote to the public endpoint and go back through
+``Nat.translate_inbound`` like any packet from the internet, so the NAT's TCP tracking, timeouts,
+filtering and counters apply unchanged, and ``gw-audit who`` answers for these ports as for others.
+
+- A SYN starts a non-blocking ``connect()``; connected: the SYN-ACK; refused, unreachable or timed out:
+  a RST to the client (``connect_failed``).
+- Client to remote: the in-order payload is written to the socket; what it took is acknowledged, the
+  window advertised is its free send buffer (``SO_SNDBUF`` minus ``SIOCOUTQ``), and a full buffer is
+  watched for room (a window update follows).
+- Remote to client: bytes are peeked (``MSG_PEEK`` with ``SO_PEEK_OFF``) and consumed only when the
+  client acknowledges them, so retransmissions read them again from the kernel (a fast retransmission
+  peeks at offset 0 and puts the offset back). The socket is watched
+  for reading only while nothing is in flight (then readable means new bytes or the remote's FIN);
+  with bytes in flight, each acknowledgement reads on (a level-triggered loop would otherwise wake
+  on the bytes already peeked).
+- Closing: the client's FIN is ``shutdown(SHUT_WR)``; the remote's FIN (a peek of nothing) is a FIN
+  to the client; a client RST closes the socket with a RST (``SO_LINGER`` 0); a remote RST is a RST
+  to the client.
+- Limits: ``gw.tcp_term.table`` (connections per client and in total); each socket's buffers are
+  the kernel's default, so memory is bounded by the connection limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import logging
+import socket
+import struct
+
+from gw import inet
+from gw import packet as P
+from gw.tcp_term import segment as S
+from gw.tcp_term.conn import TcpConn
+from gw.tcp_term.table import Terminations
+
+log = logging.getLogger("gw.external")
+SO_PEEK_OFF = getattr(socket, "SO_PEEK_OFF", 42)  # asm-generic/socket.h
+SIOCOUTQ = 0x5411  # linux/sockios.h (TIOCOUTQ): bytes not yet acknowledged by the remote
+PEEK_MAX = 1 << 18  # bytes peeked per read
+_INT = struct.Struct("i")
+_LINGER_RST = struct.pack("ii", 1, 0)
+
+
+class TcpRelay:
+    """The relay's sockets and connections (see the module docstring). ``on_packet`` takes packets from
+    the remote to the public endpoint, for the NAT."""
+
+    def __init__(self, on_packet, mss_limit: int, now, counts: dict) -> None:
+        """``counts``: the external gateway's, which the relay's counters join."""
+        self.table = Terminations(mss_limit=mss_limit)
+        self.counts = counts
+        for name in ("tcp_connect_failed", "tcp_reset_sent", "tcp_remote_reset", "tcp_no_connection"):
+            counts.setdefault(name, 0)
+        self._on_packet, self._now = on_packet, now
+        self._socks: dict[int, socket.socket] = {}  # id(conn) -> its socket
+        self._by_port: dict[int, TcpConn] = {}  # external port -> connection
+        self._reading: set[int] = set()  # ids of connections whose socket is watched for reading
+
+    # ------------------------------------------------------------------ from the NAT
+    def segment(self, ip: memoryview, sock: socket.socket | None, now: int) -> None:
+        """A client segment, translated (source = the public endpoint). ``sock``: the mapping's bound,
+        unconnected socket when the NAT just made it for this SYN."""
+        seg = S.parse(ip, checked=False)  # the client's checksum may be partial (offloads)
+        if seg is None:
+            return
+        conn = self.table.find(seg)
+        if conn is None:
+            if seg.flags & (P.TCP_SYN | P.TCP_ACK_FLAG | P.TCP_RST) == P.TCP_SYN and sock is not None:
+                self._open(seg, sock, now)
+            elif not seg.flags & P.TCP_RST:
+                self.counts["tcp_no_connection"] += 1  # after a restart, or a connection that ended
+                self._on_packet([S.reset_for(seg)])
+            return
+        payload = conn.on_segment(seg, now)
+        if payload is not None:
+            self._write(conn, payload, now)
+        self._after(conn, now)
+
+    def mapping_ended(self, ext_port: int) -> None:
+        """The NAT ended the mapping: the connection goes, without a word (its packets could not pass)."""
+        conn = self._by_port.get(ext_port)
+        if conn is not None:
+            self._drop(conn)
+
+    def tick(self, now: int) -> None:
+        for conn in self.table.due(now):
+            self._after(conn, now)
+
+    def stop(self) -> None:
+        for conn in list(self._by_port.values()):
+            self._drop(conn)
+
+    # ------------------------------------------------------------------ connecting
+    def _open(self, seg: S.Segment, sock: socket.socket, now: int) -> None:
+        made = self.table.open(seg, now)
+        if isinstance(made, str):
+            self.counts["tcp_connect_failed"] += 1
+            self._on_packet([S.reset_for(seg)])
+            sock.close()
+            return
+        conn = made
+        self._socks[id(conn)], self._by_port[seg.sport] = sock, conn
+        err = sock.connect_ex((inet.ntoa(seg.dst), seg.dport))
+        if err not in (0, errno.EINPROGRESS):
+            self._connected(conn, err)
+            return
+        asyncio.get_running_loop().add_writer(sock.fileno(), self._on_connect, conn)
+
+    def _on_connect(self, conn: TcpConn) -> None:
+        sock = self._socks[id(conn)]
+        asyncio.get_running_loop().remove_writer(sock.fileno())
+        self._connected(conn, sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+
+    def _connected(self, conn: TcpConn, err: int) -> None:
+        now = self._now()
+        if err:
+            self.counts["tcp_connect_failed"] += 1
+            conn.refuse()
+        else:
+            sock = self._socks[id(conn)]
+            sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+            conn.accept(now, self._space(sock))
+        self._after(conn, now)
+
+    # ------------------------------------------------------------------ bytes both ways
+    def _write(self, conn: TcpConn, payload: memoryview, now: int) -> None:
+        sock = self._socks[id(conn)]
+        sent = 0
+        if payload:
+            try:
+                sent = sock.send(payload)
+            except BlockingIOError:
+                pass
+            except OSError:
+                self._remote_reset(conn)
+                return
+        space = self._space(sock)
+        conn.delivered(sent, space, now)
+        if space < conn.mss or sent < len(payload):
+            asyncio.get_running_loop().add_writer(sock.fileno(), self._writable, conn)
+
+    def _writable(self, conn: TcpConn) -> None:
+        sock = self._socks.get(id(conn))
+        if sock is None:
+            return
+        space = self._space(sock)
+        if space >= conn.mss:
+            asyncio.get_running_loop().remove_writer(sock.fileno())
+            conn.window_update(space)
+            self._after(conn, self._now())
+
+    def _pump(self, conn: TcpConn, now: int) -> None:
+        """The remote's bytes, peeked as far as the client's windows allow."""
+        sock = self._socks.get(id(conn))
+        while sock is not None and conn.fin_seq is None:
+            room = conn.room()
+            if room <= 0:
+                break
+            try:
+                data = sock.recv(min(room, PEEK_MAX), socket.MSG_PEEK)
+            except BlockingIOError:
+                break
+            except OSError:
+                self._remote_reset(conn)
+                return
+            if not data:
+                conn.remote_eof(now)
+                break
+            conn.send(data, now)
+        self._watch(conn, sock)
+
+    def _watch(self, conn: TcpConn, sock: socket.socket | None) -> None:
+        """Read-watch the socket only while nothing is in flight (see the module docstring)."""
+        want = (sock is not None and conn.state == "open" and conn.fin_seq is None
+                and conn.snd_max == conn.snd_una)  # fmt: skip
+        key = id(conn)
+        if want and key not in self._reading:
+            self._reading.add(key)
+            asyncio.get_running_loop().add_reader(sock.fileno(), self._readable, conn)
+        elif not want and key in self._reading:
+            self._reading.discard(key)
+            if sock is not None:
+                asyncio.get_running_loop().remove_reader(sock.fileno())
+
+    def _readable(self, conn: TcpConn) -> None:
+        now = self._now()
+        self._pump(conn, now)
+        self._after(conn, now)
+
+    # ------------------------------------------------------------------ events and endings
+    def _after(self, conn: TcpConn, now: int) -> None:
+        """Everything a call into ``conn`` asked for: its events, then its segments to the client."""
+        sock = self._socks.get(id(conn))
+        while conn.events and sock is not None:
+            events, conn.events = conn.events, []
+            pump = False
+            for event in events:
+                kind = event[0]
+                if kind == "acked":
+                    try:
+                        sock.recv(event[1], socket.MSG_TRUNC)  # consumed; the kernel moves the peek offset
+                    except OSError:
+                        pass
+                    pump = True
+                elif kind == "rewind":
+                    sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+                    pump = True
+                elif kind == "resend":  # the first unacknowledged bytes again, then back to the peek offset
+                    self._resend(conn, sock, event[1], now)
+                elif kind == "open":
+                    pump = True
+                elif kind == "fin":
+                    try:
+                        sock.shutdown(socket.SHUT_WR)
+                    except OSError:
+                        pass
+                elif kind in ("reset", "timeout"):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)  # close() sends a RST
+                    self.counts["tcp_reset_sent"] += 1
+            if pump and not conn.closed:
+                self._pump(conn, now)
+        if conn.out:
+            out, conn.out = conn.out, []
+            self._on_packet(out)
+        if conn.closed:
+            self._drop(conn)
+        else:
+            self.table.touch(conn)
+
+    @staticmethod
+    def _resend(conn: TcpConn, sock: socket.socket, n: int, now: int) -> None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+            data = sock.recv(n, socket.MSG_PEEK)
+            sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, (conn.snd_nxt - conn.snd_una) & 0xFFFFFFFF)
+        except OSError:
+            return  # the remote reset: its next read says so
+        conn.resend(data, now)
+
+    def _remote_reset(self, conn: TcpConn) -> None:
+        self.counts["tcp_remote_reset"] += 1
+        conn.abort()
+
+    def _drop(self, conn: TcpConn) -> None:
+        sock = self._socks.pop(id(conn), None)
+        self._by_port.pop(conn.client[1], None)
+        self._reading.discard(id(conn))
+        self.table.remove(conn)
+        if sock is not None:
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(sock.fileno())
+            loop.remove_writer(sock.fileno())
+            sock.close()
+
+    @staticmethod
+    def _space(sock: socket.socket) -> int:
+        """Free room in the socket's send buffer: the window the client may fill."""
+        queued = _INT.unpack(fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0\0\0\0"))[0]
+        return max(0, sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) - queued)
