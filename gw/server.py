@@ -83,7 +83,7 @@ class Gateway:
             "host_dropped": 0,  # for the host, but no host TUN (or its queue was full)
             "from_host_no_route": 0,  # from the host to a VPN address nobody holds
             "from_host_not_local": 0,  # from the host's TUN with a source other than the gateway address
-            "refused_no_journal": 0,  # new flows refused while the journal cannot write (strict, or fast past its bound)
+            "refused_no_journal": 0,  # new flows refused while the journal cannot write (strict; fast past a bound)
             "bad_vnet_header": 0,  # a client's virtio-net header that does not describe its packet
             "held_orphaned": 0,  # strict: packets whose mapping ended while they waited (not sent)
             "journal_refused": 0,  # batches of events the writer refused (back-pressure): kept, submitted again

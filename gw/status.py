@@ -307,7 +307,7 @@ class Metrics:
         yield external
         yield levels
         audit = doc.get("audit", {})
-        yield GaugeMetricFamily("gw_audit_refusing_new_flows", "1 while new flows are refused: the journal cannot write",
+        yield GaugeMetricFamily("gw_audit_refusing_new_flows", "1 while new flows are refused (journal)",
                                 value=1 if audit.get("refusing_new_flows") else 0)  # fmt: skip
         yield GaugeMetricFamily("gw_audit_waiting_packets", "Packets waiting for their mapping to be durable",
                                 value=audit.get("waiting", 0))  # fmt: skip

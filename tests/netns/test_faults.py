@@ -12,19 +12,11 @@ import pytest
 
 from gw.lab.world import ECHO_PORT, INTERNET_HOST, INTERNET_SECOND, LabWorld
 from gw.status import query
+from tests.helpers.waiting import until
 from tests.netns.test_raw import _OLD_FLOW
 
 pytestmark = pytest.mark.netns
 RECOVER_S = 20  # the clients' backoff after a long outage reaches a few seconds
-
-
-def _until(check, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def _echo_works(world: LabWorld, role: str = "c1") -> bool:
@@ -45,7 +37,7 @@ def test_a_gateway_frozen_past_the_dead_peer_timeout_gets_its_clients_back_by_it
         assert not _echo_works(raw_world)  # frozen: nothing gets through
     finally:
         os.kill(gateway["pid"], signal.SIGCONT)
-    assert _until(lambda: _echo_works(raw_world, "c1") and _echo_works(raw_world, "c2"), RECOVER_S)
+    assert until(lambda: _echo_works(raw_world, "c1") and _echo_works(raw_world, "c2"), RECOVER_S)
     assert {s["client"] for s in query(raw_world.status_socket)["sessions"]} == {"alice", "bob"}
     verify = raw_world.run("gw", sys.executable, "-m", "tools.replay", str(raw_world.journal), "verify")
     assert verify.returncode == 0
@@ -82,7 +74,7 @@ def test_the_external_interface_down_and_up_again_and_traffic_goes_on(raw_world)
     time.sleep(2)
     assert not _echo_works(raw_world)
     raw_world.run("gw", "ip", "link", "set", "ext", "up")
-    assert _until(lambda: _echo_works(raw_world), RECOVER_S)
+    assert until(lambda: _echo_works(raw_world), RECOVER_S)
     ext = query(raw_world.status_socket)["external"]
     assert ext["next_hop_mac"], ext
 
@@ -112,7 +104,7 @@ def test_a_dns_upstream_that_goes_away_and_comes_back_is_heard_again(raw_world):
     for _ in range(2):
         assert raw_world.probe("c1", "dns", "10.66.77.1", "www.lab.example", False).get("rcode") == 2  # SERVFAIL
     raw_world.spawn("inet", "dns", "-m", "gw.lab.services", "--dns", f"{INTERNET_HOST}:53")
-    assert _until(lambda: raw_world.probe("c1", "dns", "10.66.77.1", "www.lab.example", False).get("answers")
+    assert until(lambda: raw_world.probe("c1", "dns", "10.66.77.1", "www.lab.example", False).get("answers")
                   == ["203.0.113.80"], 10)  # fmt: skip
 
 
@@ -223,8 +215,8 @@ def test_a_full_disk_under_the_journal(raw_world, small_disk, audit):
         assert after["counts"]["refused_no_journal"] > doc["counts"]["refused_no_journal"]
         assert after["journal"]["lag_events"] <= 2 * bound
     (small_disk / "filler").unlink()  # space returns
-    assert _until(lambda: query(raw_world.status_socket)["journal"]["lag_events"] == 0, 10)
-    assert _until(lambda: _echo_works(raw_world, "c2"), 10)
+    assert until(lambda: query(raw_world.status_socket)["journal"]["lag_events"] == 0, 10)
+    assert until(lambda: _echo_works(raw_world, "c2"), 10)
     doc = query(raw_world.status_socket)
     assert not doc["journal"]["error"] and not doc["audit"]["refusing_new_flows"], doc
     while raw_world.alive(old):

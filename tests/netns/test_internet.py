@@ -13,7 +13,15 @@ import pytest
 
 from gw import inet
 from gw.lab.services import http_body_sha256
-from gw.lab.world import ECHO_PORT, GATEWAY_HOST, HTTP_PORT, INTERNET_HOST, INTERNET_SECOND, INTERNET_WWW, LabWorld
+from gw.lab.world import (
+    ECHO_PORT,
+    GATEWAY_HOST,
+    HTTP_PORT,
+    INTERNET_HOST,
+    INTERNET_SECOND,
+    INTERNET_WWW,
+    LabWorld,
+)
 from gw.status import query
 from journal.holders import find_holders
 from journal.reader import Journal

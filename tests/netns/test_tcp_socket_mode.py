@@ -13,6 +13,7 @@ import pytest
 from gw.lab.services import http_body_sha256
 from gw.lab.world import ECHO_PORT, HTTP_PORT, INTERNET_HOST, INTERNET_WWW
 from gw.status import query
+from tests.helpers.waiting import until
 
 pytestmark = pytest.mark.netns
 
@@ -23,22 +24,13 @@ def _connections(world) -> int:
     return query(world.status_socket)["external"].get("tcp_connections", 0)
 
 
-def _until(check, seconds: float) -> bool:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if check():
-            return True
-        time.sleep(0.1)
-    return check()
-
-
 def test_100_mb_down_and_100_mb_through_an_echo_arrive_whole(world):
     world.start()
     got = world.probe("c1", "http_get", INTERNET_WWW, HTTP_PORT, f"/bytes/{BIG}", 90, timeout=100)
     assert got.get("status") == 200 and got["bytes"] == BIG and got["sha256"] == http_body_sha256(BIG), got
     echo = world.probe("c1", "tcp_echo", INTERNET_HOST, ECHO_PORT, BIG, timeout=100)
     assert echo.get("same") is True and echo.get("bytes") == BIG, echo  # 100 MB up, and back
-    assert _until(lambda: _connections(world) == 0, 5)  # both closed, nothing left behind
+    assert until(lambda: _connections(world) == 0, 5)  # both closed, nothing left behind
 
 
 _CONCURRENT = """
@@ -76,7 +68,7 @@ def test_200_concurrent_connections_each_get_their_bytes(world):
     results = json.loads(run.stdout)
     wrong = [r for r in results if r != http_body_sha256(size)]
     assert len(results) == 200 and not wrong, (wrong, query(world.status_socket)["external"])
-    assert _until(lambda: _connections(world) == 0, 5)
+    assert until(lambda: _connections(world) == 0, 5)
 
 
 _ABORT = """
@@ -94,9 +86,9 @@ def test_a_client_that_aborts_mid_download_ends_its_connection_and_the_remote_s(
     world.start()
     run = world.run("c1", sys.executable, "-c", _ABORT, INTERNET_WWW, str(HTTP_PORT))
     assert run.stdout.strip() == "aborted", run.stderr
-    assert _until(lambda: _connections(world) == 0, 5)
+    assert until(lambda: _connections(world) == 0, 5)
     assert query(world.status_socket)["external"]["tcp_reset_sent"] >= 1
-    log_ok = _until(lambda: "http sent" in (world.dir / "internet.log").read_text()
+    log_ok = until(lambda: "http sent" in (world.dir / "internet.log").read_text()
                     and "of 100000000 bytes" in (world.dir / "internet.log").read_text(), 5)  # fmt: skip
     assert log_ok  # the server saw the download cut short (the remote got the RST too)
 
