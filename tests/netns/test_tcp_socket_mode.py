@@ -10,9 +10,12 @@ import time
 
 import pytest
 
+from gw import inet
 from gw.lab.services import http_body_sha256
 from gw.lab.world import ECHO_PORT, HTTP_PORT, INTERNET_HOST, INTERNET_WWW
 from gw.status import query
+from journal.holders import find_holders
+from journal.reader import Journal
 from tests.helpers.waiting import until
 
 pytestmark = pytest.mark.netns
@@ -129,3 +132,20 @@ def test_a_slow_reader_holds_the_gateway_s_memory_flat(world):
     digest = (world.dir / "slow.log").read_text().split()[-1]
     assert digest == http_body_sha256(20_000_000)
     assert peak - before < 16 << 20, f"RSS grew by {(peak - before) >> 20} MiB"
+
+
+def test_strict_audit_a_connection_goes_through_and_its_public_port_is_journaled(world):
+    """Strict audit holds the SYN until its mapping is fsynced, so the SYN-ACK comes after it; the
+    connection works and the journal names its client for the port the server saw."""
+    text = world.gateway_toml.read_text()
+    world.gateway_toml.write_text(text.replace("[journal]\n", '[journal]\naudit = "strict"\n', 1))
+    world.start()
+    size = 1_000_000
+    got = world.probe("c1", "http_get", INTERNET_WWW, HTTP_PORT, f"/bytes/{size}", 30)
+    assert got.get("status") == 200 and got["sha256"] == http_body_sha256(size), got
+    assert query(world.status_socket)["audit"]["mode"] == "strict"
+    log = (world.dir / "internet.log").read_text()
+    seen = [ln.split()[-1] for ln in log.splitlines() if ln.startswith(f"http sent {size} bytes to ")]
+    addr, _, port = seen[0].rpartition(":")
+    holders = find_holders(Journal(world.journal), inet.aton(addr), int(port), 6, time.time_ns())
+    assert [h.session.client for h in holders] == ["alice"]
