@@ -86,7 +86,8 @@ class TcpConn:
         self.snd_shift = syn.wscale if scaled else 0
         self.snd_wnd = syn.window  # a SYN's window is never scaled (RFC 7323 2.2)
         self.mss = max(64, min(syn.mss or MSS_DEFAULT, mss_limit))
-        self.gso_bytes = self.mss * max(1, gso_segments)
+        most = (0xFFFF - P.IP_MIN_HLEN - P.TCP_MIN_HLEN) // self.mss  # segments one IPv4 packet holds
+        self.gso_bytes = self.mss * max(1, min(gso_segments, most))
         self.cwnd = INITIAL_WINDOW_SEGMENTS * self.mss
         self.ssthresh = 1 << 30
         self.dupacks = 0

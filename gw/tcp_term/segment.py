@@ -18,7 +18,6 @@ _TCP = struct.Struct("!HHIIBBHHH")
 _IP = struct.Struct("!BBHHHBBHII")
 DF = P.IP_DF
 TTL = 64
-MAX_PAYLOAD = 65535 - P.IP_MIN_HLEN - P.TCP_MIN_HLEN - 12  # one IPv4 packet, options included
 
 
 class Segment(NamedTuple):

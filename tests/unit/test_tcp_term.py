@@ -155,6 +155,9 @@ def test_gso_super_packets_carry_several_segments_each():
     conn = opened(gso_segments=44, window=65535)
     conn.send(b"b" * 100_000, T0)
     assert [len(s.data) for s in sent(conn)] == [1360 * 44, 100_000 - 1360 * 44]
+    wide = opened(gso_segments=1000, window=65535)  # more than one IPv4 packet holds: capped, never raised
+    wide.send(b"b" * 200_000, T0)
+    assert max(len(s.data) for s in sent(wide)) == 1360 * 48
 
 
 def test_three_duplicate_acks_resend_the_first_missing_segment_once_and_halve_the_window():
