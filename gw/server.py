@@ -399,13 +399,15 @@ class Gateway:
         rst = P.build_tcp(dst, src, dport, sport, flags=P.TCP_RST | P.TCP_ACK_FLAG, ack=(seq + 1) & 0xFFFFFFFF)
         self._queue(out, conn, rst, False)
 
-    def _from_internet(self, packets: list[bytearray]) -> None:
+    def _from_internet(self, packets: list[bytearray], vnet: bool | None = None) -> None:
         """Packets from the internet (the external gateway): the NAT inbound, then their session. They
-        start with a virtio-net header when the gateway has them (raw: super-packets, partial checksums)."""
+        start with a virtio-net header when the gateway has them (raw: super-packets, partial checksums),
+        or when ``vnet`` says so (socket mode's TCP relay)."""
         out: dict[GatewayConnection, list] = {}
         now = self._now()
         nat, route = self.nat, self.router.route_to_client
-        vnet = self.external.vnet
+        if vnet is None:
+            vnet = self.external.vnet
         for pkt in packets:
             ip = memoryview(pkt)[V.VNET_HDR_LEN :] if vnet else pkt
             if vnet and pkt[0] & V.VNET_F_NEEDS_CSUM:

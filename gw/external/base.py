@@ -6,8 +6,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 # packets from the internet, to public endpoints, for the NAT; a batch at a time, each starting with a
-# virtio-net header when the gateway's ``vnet`` is true
-OnPacket = Callable[[list[bytearray]], None]
+# virtio-net header when the gateway's ``vnet`` is true, or when the call's second argument (optional)
+# is: socket mode's TCP relay makes super-packets for the clients' TUNs, its UDP sockets plain ones
+OnPacket = Callable[..., None]
 
 
 class ExternalGateway(Protocol):

@@ -17,7 +17,8 @@ design, ``tcp.c``: "avoiding the need for segmentation, explicit queueing, and r
 - Remote to client. The shell reads the kernel socket with ``MSG_PEEK`` (``SO_PEEK_OFF`` walks the
   peek offset forward), so the bytes stay in the kernel until the client acknowledges them. ``room()``
   says how many bytes the client's window and the congestion window allow now, ``send(data)`` makes
-  segments of them (GSO super-packets of up to ``gso_segments`` MSS when the client takes offloads),
+  segments of them (with ``offload``, super-packets of up to ``gso_segments`` MSS and a virtio-net
+  header, which the client's TUN takes whole: Python's cost is paid per 64 KB, not per 1.4 KB),
   an event ``("acked", n)`` tells the shell to consume ``n`` bytes for good, ``("resend", n)`` to peek
   the first ``n`` unacknowledged bytes again for ``resend`` (a fast retransmission), and ``("rewind",)``
   to peek again from the first unacknowledged byte on (after a timeout: go-back-N from ``snd_una``).
@@ -66,9 +67,12 @@ def seq_lt(a: int, b: int) -> bool:
 class TcpConn:
     """The endpoint of one client connection (see the module docstring)."""
 
-    def __init__(self, syn: Segment, now: int, iss: int, *, mss_limit: int, gso_segments: int = 1) -> None:
+    def __init__(self, syn: Segment, now: int, iss: int, *, mss_limit: int, gso_segments: int = 1,
+                 offload: bool = False) -> None:  # fmt: skip
         """From the client's SYN; answer with ``accept`` once the kernel socket connected, or ``refuse``.
-        ``mss_limit``: the largest segment the tunnel carries to the client; ``iss``: a random 32 bits."""
+        ``mss_limit``: the largest segment the tunnel carries to the client; ``iss``: a random 32 bits;
+        ``offload``: every packet out is for a TUN with offloads (``segment.build`` with ``gso_size``):
+        a virtio-net header, the checksum left to the kernel, up to ``gso_segments`` MSS in one."""
         self.client, self.remote = (syn.src, syn.sport), (syn.dst, syn.dport)
         self.state = CONNECTING
         self.out: list[bytearray] = []
@@ -88,6 +92,7 @@ class TcpConn:
         self.mss = max(64, min(syn.mss or MSS_DEFAULT, mss_limit))
         most = (0xFFFF - P.IP_MIN_HLEN - P.TCP_MIN_HLEN) // self.mss  # segments one IPv4 packet holds
         self.gso_bytes = self.mss * max(1, min(gso_segments, most))
+        self.gso_size = self.mss if offload else 0  # segment.build's: 0 = plain packets
         self.cwnd = INITIAL_WINDOW_SEGMENTS * self.mss
         self.ssthresh = 1 << 30
         self.dupacks = 0
@@ -403,10 +408,11 @@ class TcpConn:
     def _emit(self, seq: int, flags: int, payload: bytes | memoryview = b"", window: int | None = None) -> None:
         if window is None:
             window = min(self.rcv_wnd >> self.rcv_shift, 0xFFFF)
-        self.out.append(S.build(*self.remote, *self.client, seq, self.rcv_nxt, flags, window, payload))
+        self.out.append(S.build(*self.remote, *self.client, seq, self.rcv_nxt, flags, window, payload,
+                                gso_size=self.gso_size))  # fmt: skip
 
     def _rst_at(self, seq: int) -> bytearray:
-        return S.build(*self.remote, *self.client, seq, 0, P.TCP_RST, 0)
+        return S.build(*self.remote, *self.client, seq, 0, P.TCP_RST, 0, gso_size=self.gso_size)
 
     def _ack(self, space: int) -> None:
         self.rcv_wnd = max(0, min(space, 0xFFFF << self.rcv_shift))
@@ -415,7 +421,7 @@ class TcpConn:
     def _send_syn_ack(self) -> None:
         options = S.syn_options(self.mss, OUR_WSCALE if self.rcv_shift else -1)
         self.out.append(S.build(*self.remote, *self.client, self.iss, self.rcv_nxt, P.TCP_SYN | P.TCP_ACK_FLAG,
-                                min(self.rcv_wnd, 0xFFFF), options=options))  # fmt: skip
+                                min(self.rcv_wnd, 0xFFFF), options=options, gso_size=self.gso_size))  # fmt: skip
 
     def _send_fin(self) -> None:
         assert self.fin_seq is not None

@@ -30,10 +30,10 @@ class Terminations:
     """The connections, their limits and their deadlines (see the module docstring)."""
 
     def __init__(
-        self, *, mss_limit: int, gso_segments: int = 1, max_total: int = MAX_CONNECTIONS,
+        self, *, mss_limit: int, gso_segments: int = 1, offload: bool = False, max_total: int = MAX_CONNECTIONS,
         max_per_client: int = MAX_PER_CLIENT, rng: random.Random | None = None,
     ) -> None:  # fmt: skip
-        self.mss_limit, self.gso_segments = mss_limit, gso_segments
+        self.mss_limit, self.gso_segments, self.offload = mss_limit, gso_segments, offload  # for TcpConn
         self.max_total, self.max_per_client = max_total, max_per_client
         self.conns: dict[FlowKey, TcpConn] = {}
         self.per_client: dict[int, int] = {}
@@ -52,7 +52,7 @@ class Terminations:
             self.counts["refused_client"] += 1
             return "limit_client"
         conn = TcpConn(seg, now, self._rng.getrandbits(32), mss_limit=self.mss_limit,
-                       gso_segments=self.gso_segments)  # fmt: skip
+                       gso_segments=self.gso_segments, offload=self.offload)  # fmt: skip
         self.conns[flow_key(seg)] = conn
         self.per_client[seg.src] = self.per_client.get(seg.src, 0) + 1
         self.counts["opened"] += 1

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gw import inet
+from gw import inet, offload
 from gw import packet as P
+from gw import vnet as V
 from gw.tcp_term import conn as C
 from gw.tcp_term import segment as S
 from gw.tcp_term import table as T
@@ -158,6 +159,29 @@ def test_gso_super_packets_carry_several_segments_each():
     wide = opened(gso_segments=1000, window=65535)  # more than one IPv4 packet holds: capped, never raised
     wide.send(b"b" * 200_000, T0)
     assert max(len(s.data) for s in sent(wide)) == 1360 * 48
+
+
+def test_offloaded_super_packets_are_what_a_tun_takes_and_cut_into_the_same_stream():
+    """With ``offload`` every packet carries a virtio-net header and a checksum for the kernel to finish;
+    ``offload.segment`` (the kernel's software GSO, for a client without offloads) cuts them into the
+    plain segments dpkt checks: MSS-sized, consecutive, the stream byte for byte."""
+    syn = client_segment(ISN, flags=dpkt.tcp.TH_SYN, opts=SYN_OPTS, window=65535)
+    conn = C.TcpConn(syn, T0, ISS, mss_limit=1380, gso_segments=64, offload=True)
+    conn.accept(T0, SPACE)
+    conn.on_segment(client_segment(ISN + 1, ISS + 1, window=65535), T0 + MS)
+    data = random.Random(7).randbytes(100_000)
+    conn.send(data, T0 + MS)
+    packets = list(conn.out)
+    headers = [V.read_header(pkt) for pkt in packets]
+    assert all(offload.header_fits(pkt) for pkt in packets)  # what the gateway would take from a client
+    assert [h[1] for h in headers] == [V.VNET_GSO_NONE] + [V.VNET_GSO_TCPV4] * 2  # the SYN-ACK, 48 + 26 MSS
+    assert all(h[0] == V.VNET_F_NEEDS_CSUM and h[3] in (0, 1360) for h in headers)
+    conn.out = [seg for pkt in packets for seg in offload.segment(pkt)]
+    tcps = sent(conn)  # checksums finished by segment(), verified by dpkt
+    assert tcps[0].flags & dpkt.tcp.TH_SYN
+    assert all(len(t.data) <= 1360 for t in tcps) and len(tcps) == 1 + -(-100_000 // 1360)
+    assert [t.seq for t in tcps[1:]] == list(range(ISS + 1, ISS + 1 + 100_000, 1360))
+    assert b"".join(t.data for t in tcps) == data
 
 
 def test_three_duplicate_acks_resend_the_first_missing_segment_once_and_halve_the_window():
