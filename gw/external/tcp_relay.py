@@ -32,12 +32,16 @@ filtering and counters apply unchanged, and ``gw-audit who`` answers for these p
   ``tcp_super_packets_out``.
 - Limits: connections per client and in total (``gw.tcp_term.table``), and descriptors (the socket
   gateway's ``max_sockets``, which counts these sockets too), each refusal a RST to the client,
-  counted. Buffer bytes: each socket's send and receive buffers are set to ``SOCKET_BUFFER`` (the
-  kernel doubles it for its bookkeeping), and user space holds none of the stream, so a connection
-  holds at most 4 x ``SOCKET_BUFFER`` of memory, a client at most its connection limit times that.
-  Fixed buffers also make the window the client sees (the send buffer's free room) a true one: an
-  autotuned send buffer starts at 16 KB and grows only with the remote path, which held the client
-  at a few hundred Mbit/s in the lab.
+  counted. Buffer bytes: user space holds none of either stream; each socket's send buffer is fixed
+  at ``SOCKET_BUFFER`` (``SO_SNDBUF``; the kernel doubles it for its bookkeeping) and the window it
+  offers the remote is clamped to it (``TCP_WINDOW_CLAMP``), so a connection holds at most about
+  ``SOCKET_BUFFER`` of stream each way in the kernel, and a client at most its connection limit
+  times that. The fixed send buffer also makes the window the client sees (its free room) a true
+  one: an autotuned buffer starts at 16 KB and grows only with the remote path, which held the
+  client at a few hundred Mbit/s in the lab; the receive side keeps the kernel's autotuning, under
+  the clamp (a fixed receive buffer cost retransmissions from the remote in the lab).
+- Batching: packets for the clients are gathered until the loop's callback ends (``_flush``), so a
+  batch of client segments costs one write to each tunnel.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ from gw.tcp_term.table import Terminations
 log = logging.getLogger("gw.external")
 SO_PEEK_OFF = getattr(socket, "SO_PEEK_OFF", 42)  # asm-generic/socket.h
 SIOCOUTQ = 0x5411  # linux/sockios.h (TIOCOUTQ): bytes not yet acknowledged by the remote
-SOCKET_BUFFER = 2 << 20  # SO_SNDBUF and SO_RCVBUF of each relayed socket (see Limits above)
+SOCKET_BUFFER = 2 << 20  # each relayed socket's send buffer and receive window clamp (see Limits above)
 PEEK_MAX = 1 << 18  # bytes peeked per read
 GSO_SEGMENTS = 64  # per super-packet to the client: as many as one IPv4 packet holds (TcpConn caps it)
 _INT = struct.Struct("i")
@@ -81,6 +85,10 @@ class TcpRelay:
         self._socks: dict[int, socket.socket] = {}  # id(conn) -> its socket
         self._by_port: dict[int, TcpConn] = {}  # external port -> connection
         self._reading: set[int] = set()  # ids of connections whose socket is watched for reading
+        # one buffer for every peek (a fresh 256 KB bytes per read costs an mmap and its page faults)
+        self._peeked = bytearray(PEEK_MAX)
+        self._peeked_view = memoryview(self._peeked)
+        self._outbox: list[bytearray] = []  # packets for the clients, sent once the loop's callback ends
 
     # ------------------------------------------------------------------ from the NAT
     def segment(self, ip: memoryview, sock: socket.socket | None, now: int) -> None:
@@ -95,7 +103,7 @@ class TcpRelay:
                 self._open(seg, sock, now)
             elif not seg.flags & P.TCP_RST:
                 self.counts["tcp_no_connection"] += 1  # after a restart, or a connection that ended
-                self._on_packet([bytearray(V.NO_OFFLOAD) + S.reset_for(seg)], True)
+                self._send([bytearray(V.NO_OFFLOAD) + S.reset_for(seg)])
             return
         if seg.payload:
             if len(seg.payload) > conn.mss:
@@ -126,13 +134,13 @@ class TcpRelay:
         made = self.table.open(seg, now)
         if isinstance(made, str):
             self.counts["tcp_connect_failed"] += 1
-            self._on_packet([bytearray(V.NO_OFFLOAD) + S.reset_for(seg)], True)
+            self._send([bytearray(V.NO_OFFLOAD) + S.reset_for(seg)])
             sock.close()
             return
         conn = made
         self._socks[id(conn)], self._by_port[seg.sport] = sock, conn
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP, SOCKET_BUFFER)
         err = sock.connect_ex((inet.ntoa(seg.dst), seg.dport))
         if err not in (0, errno.EINPROGRESS):
             self._connected(conn, err)
@@ -192,16 +200,16 @@ class TcpRelay:
             if room <= 0:
                 break
             try:
-                data = sock.recv(min(room, PEEK_MAX), socket.MSG_PEEK)
+                n = sock.recv_into(self._peeked, min(room, PEEK_MAX), socket.MSG_PEEK)
             except BlockingIOError:
                 break
             except OSError:
                 self._remote_reset(conn)
                 return
-            if not data:
+            if not n:
                 conn.remote_eof(now)
                 break
-            conn.send(data, now)
+            conn.send(self._peeked_view[:n], now)  # copied into its segments at once: the buffer is free again
         self._watch(conn, sock)
 
     def _watch(self, conn: TcpConn, sock: socket.socket | None) -> None:
@@ -232,10 +240,7 @@ class TcpRelay:
             for event in events:
                 kind = event[0]
                 if kind == "acked":
-                    try:
-                        sock.recv(event[1], socket.MSG_TRUNC)  # consumed; the kernel moves the peek offset
-                    except OSError:
-                        pass
+                    self._consume(sock, event[1])
                     pump = True
                 elif kind == "rewind":
                     sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
@@ -257,11 +262,20 @@ class TcpRelay:
         if conn.out:
             out, conn.out = conn.out, []
             self.counts["tcp_super_packets_out"] += sum(1 for pkt in out if pkt[1])  # gso_type: not NONE
-            self._on_packet(out, True)
+            self._send(out)
         if conn.closed:
             self._drop(conn)
         else:
             self.table.touch(conn)
+
+    def _consume(self, sock: socket.socket, n: int) -> None:
+        """Drop ``n`` acknowledged bytes from the socket, not copied (TCP's ``MSG_TRUNC``); the kernel
+        moves the peek offset back with them."""
+        try:
+            while n > 0:
+                n -= sock.recv_into(self._peeked, min(n, len(self._peeked)), socket.MSG_TRUNC) or n
+        except OSError:
+            pass  # the remote reset: its next read says so
 
     @staticmethod
     def _resend(conn: TcpConn, sock: socket.socket, n: int, now: int) -> None:
@@ -272,6 +286,18 @@ class TcpRelay:
         except OSError:
             return  # the remote reset: its next read says so
         conn.resend(data, now)
+
+    def _send(self, packets: list[bytearray]) -> None:
+        """Packets for the clients, gathered until the callback that made them ends: a batch of client
+        segments (or of timers) then costs one write to each tunnel, not one per segment."""
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox += packets
+
+    def _flush(self) -> None:
+        out, self._outbox = self._outbox, []
+        if out:
+            self._on_packet(out, True)
 
     def _remote_reset(self, conn: TcpConn) -> None:
         self.counts["tcp_remote_reset"] += 1
