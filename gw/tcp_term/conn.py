@@ -26,7 +26,8 @@ design, ``tcp.c``: "avoiding the need for segmentation, explicit queueing, and r
   ``MAX_RETRIES`` in a row) and NewReno (RFC 5681, RFC 6582): on three duplicate ACKs the first
   missing segment again, one more per partial ACK, and no new fast retransmit until everything sent
   before it is acknowledged (duplicates the client gets do not start a storm); slow start from ten
-  segments (RFC 6928), halving on loss, one segment after a timeout.
+  segments (RFC 6928), halving on loss, one segment after a timeout. The window grows by the bytes
+  an ACK covers (RFC 3465), not per ACK: a client acknowledges a whole 64 KB super-packet at once.
 - Closing: a client FIN, once its data is delivered, is ``("fin",)`` (the shell shuts the kernel
   socket's write side); the remote's end of stream is ``remote_eof()``, sent as a FIN after the last
   byte. When both FINs are acknowledged the connection lingers ``LINGER_NS`` to answer a repeated FIN,
@@ -277,9 +278,9 @@ class TcpConn:
                 self.recover = None  # every byte sent before the loss is in
                 self.cwnd = self.ssthresh
         elif self.cwnd < self.ssthresh:
-            self.cwnd += min(acked, self.mss)  # slow start
+            self.cwnd += acked  # slow start, counting bytes (RFC 3465): one ACK may cover a 64 KB GSO packet
         else:
-            self.cwnd += max(1, self.mss * self.mss // self.cwnd)  # congestion avoidance
+            self.cwnd += max(1, self.mss * acked // self.cwnd)  # congestion avoidance, counting bytes
         self.rto_at = None
         if self.snd_max != self.snd_una:
             self._arm(now)

@@ -184,6 +184,22 @@ def test_offloaded_super_packets_are_what_a_tun_takes_and_cut_into_the_same_stre
     assert b"".join(t.data for t in tcps) == data
 
 
+def test_the_window_grows_by_the_bytes_an_ack_covers_not_per_ack():
+    """A client acknowledges a 64 KB super-packet with one ACK: slow start must count its bytes
+    (RFC 3465), or the window would grow by one MSS per 64 KB and the stream crawl."""
+    conn = opened(gso_segments=64, window=65535)
+    conn.snd_wnd = 1 << 24  # the client's window is not the limit here
+    start = conn.cwnd
+    conn.send(b"d" * start, T0)
+    conn.on_segment(client_segment(ISN + 1, ISS + 1 + start, window=65535), T0 + MS)
+    assert conn.cwnd == 2 * start  # slow start: doubled in one round trip, whatever the ACK count
+    conn.ssthresh = conn.cwnd  # congestion avoidance from here: about one MSS per window acknowledged
+    before = conn.cwnd
+    conn.send(b"d" * before, T0)
+    conn.on_segment(client_segment(ISN + 1, ISS + 1 + start + before, window=65535), T0 + 2 * MS)
+    assert conn.cwnd - before in (conn.mss - 1, conn.mss)
+
+
 def test_three_duplicate_acks_resend_the_first_missing_segment_once_and_halve_the_window():
     conn = opened(window=65535)
     conn.send(b"c" * (4 * 1360), T0)
