@@ -24,10 +24,12 @@ bench:
     python -m bench.nat
     python -m bench.journal
 
-# the tools bench.tunnel and bench.e2e compare gw with (Debian packages; root)
+# the tools bench.tunnel and bench.e2e compare gw with (Debian packages; root); --no-install-recommends:
+# otherwise apt pulls in a whole kernel image
 bench-deps:
     command -v iperf3 >/dev/null && command -v wireguard-go >/dev/null && command -v wg >/dev/null && \
-        command -v nft >/dev/null || apt-get install -y -q iperf3 wireguard-go wireguard-tools nftables
+        command -v nft >/dev/null && command -v slirp4netns >/dev/null && command -v pasta >/dev/null || \
+        apt-get install -y -q --no-install-recommends iperf3 wireguard-go wireguard-tools nftables slirp4netns passt
 
 # gw against wireguard-go and kernel forwarding in the lab's namespaces (root; minutes); ends with one JSON line
 bench-tunnel *args: bench-deps

@@ -1,13 +1,29 @@
-"""The end-to-end benchmark: a VPN client to an internet host through gw's NAT, wireguard-go and the kernel.
+"""The end-to-end benchmark: a VPN client to an internet host through gw (raw NAT and socket mode),
+user-space network stacks like socket mode (slirp4netns, pasta), wireguard-go and the kernel.
 
-``sudo python -m bench.e2e [--seconds 5] [--runs 3]``
+``sudo python -m bench.e2e [--seconds 5] [--runs 3] [--no-flows] [--no-anchors]``
 
 The lab's client 1 (``c1``) talks to the internet host 203.0.113.10, behind the on-path router and
-its 1280-MTU link, through three systems in turn, in one lab, each alone (the others' processes
+its 1280-MTU link, through these systems in turn, in one lab, each alone (the others' processes
 stopped):
 
 - gw: the daemon as ``LabWorld.start`` starts it in raw external mode (its own NAT on 198.51.100.1,
   through AF_PACKET on ``ext``), the client with TUN offloads unless ``--no-offloads``;
+- gw in socket mode (``[external] mode = "socket"``, the lab's gateway.toml otherwise, a fresh
+  journal): the gateway reaches the internet through the gateway namespace's own kernel sockets on
+  its own address 198.51.100.2; it ends each of the client's TCP connections in user space
+  (``gw.tcp_term``) and relays it through a kernel socket (``gw.external.tcp_relay``). TCP only;
+- slirp4netns and pasta, the anchors of that approach (a user-space TCP/IP stack that carries a
+  namespace's connections through the host's own sockets): each runs inside the lab's gateway
+  namespace, so that its sockets leave through ``ext`` to 203.0.113.10 exactly as socket mode's do,
+  attached to a fresh namespace the bench makes for it (``gwlab-<tag>-anchor``, in the lab's state so
+  that the lab's teardown removes it too), in which the iperf3 client runs. Both with MTU 65520 on
+  their tap device (their default, recommended for speed), IPv4 only, no port forwarding, no DNS, no
+  route to the gateway namespace's loopback: slirp4netns ``--configure --mtu=65520
+  --disable-host-loopback --disable-dns`` gives ``tap0`` 10.0.2.100/24 and a default route via
+  10.0.2.2; pasta ``--config-net -m 65520 -t none -u none -T none -U none --no-map-gw`` copies the
+  gateway namespace's address (198.51.100.2/24 on ``ext``) and default route. pasta runs as root
+  (``--runas 0``): as ``nobody``, its default for root, it cannot join the target namespace;
 - wireguard-go (as in ``bench.tunnel``): a hub in the gateway namespace and a peer in ``c1``, which
   routes 203.0.113.0/24 through it; the gateway namespace's kernel forwards and masquerades (nftables
   table ``ip gwbench``, ``oifname "ext" masquerade``) onto the host's 198.51.100.2;
@@ -15,10 +31,13 @@ stopped):
   forwards and masquerades exactly as for wireguard-go. Masquerading, not plain routing: the router
   has no route back to the client links, and NAT keeps the path the same shape as the two VPNs'.
 
-For each: iperf3 TCP from ``c1`` to the internet host ("up") and back (``-R``, "down"), UDP with
-64-byte datagrams (the figure is what the server received), ping round trips, the CPU the tunnel's
-own processes used per Gbit/s and the TCP retransmissions (``bench.lab.Bench``, shared with
-``bench.tunnel``).
+For gw (raw), wireguard-go and the kernel: iperf3 TCP from ``c1`` to the internet host ("up") and
+back (``-R``, "down"), UDP with 64-byte datagrams (the figure is what the server received), ping
+round trips, the CPU the tunnel's own processes used per Gbit/s and the TCP retransmissions
+(``bench.lab.Bench``, shared with ``bench.tunnel``). For gw in socket mode, slirp4netns and pasta:
+the same TCP up and down runs, the CPU per Gbit/s of gw's two daemons or of the anchor's process, the
+retransmissions. The issue's target for socket mode: TCP at least slirp4netns's and at least half
+pasta's, both ways (TARGET_SOCKET_RATIOS).
 
 Then new flows through gw's NAT with the journal on, in both audit modes (``[journal] audit``): in
 ``fast`` a new flow's first packet leaves at once; in ``strict`` it waits until its ``MappingCreated``
@@ -31,14 +50,15 @@ whose answer came back in that time. Each flow needs a client port of its own (t
 endpoint-independent), and one public address has 64,512 ports, so a phase also ends when the client
 has used its FLOW_PORTS (61,440): the rate is then over the shorter time. The gateway's per-client
 quotas (4,096 mappings, 16,384 remotes) are raised for this part alone: they are policy, and a
-benchmark that ran into them would measure refusals.
+benchmark that ran into them would measure refusals. ``--no-flows`` leaves this part out.
 
 Each figure is the median of ``--runs`` runs, the spread in brackets; the ratios are gw over
-wireguard-go and over the kernel, and strict over fast. The last line is one JSON object. Bounded:
-every iperf3 run and flow client is killed by its PID if it overruns; the lab (namespaces, processes,
+wireguard-go and over the kernel, gw's socket mode over slirp4netns and over pasta, and strict over
+fast. The last line is one JSON object. Bounded: every iperf3 run and flow client is killed by its
+PID if it overruns, slirp4netns and pasta are stopped by their PID; the lab (namespaces, processes,
 nftables table, sysctls) is removed at the end, also on failure, Ctrl-C or SIGTERM. Needs root,
-iperf3, wireguard-go, wg and nft (``just bench-deps``). No packet leaves the lab's namespaces, and
-nothing is changed outside them.
+iperf3, wireguard-go, wg, nft, slirp4netns and pasta (``just bench-deps``; ``--no-anchors`` leaves
+the last two out). No packet leaves the lab's namespaces, and nothing is changed outside them.
 """
 
 from __future__ import annotations
@@ -58,8 +78,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.harness import emit_json, out
-from bench.lab import Bench, cpu_ticks, fmt, stats, wireguard
-from gw.lab.world import COMMAND_TIMEOUT_S, ECHO_PORT, GATEWAY_SIDE, INTERNET_HOST, LabError, LabWorld
+from bench.lab import Bench, cpu_ticks, fmt, retransmits, stats, tcp_mbit, wireguard
+from gw.lab.world import (
+    COMMAND_TIMEOUT_S,
+    ECHO_PORT,
+    GATEWAY_HOST,
+    GATEWAY_SIDE,
+    INTERNET_HOST,
+    LabError,
+    LabWorld,
+)
 from gw.status import StatusError, query
 
 ROOT = Path(__file__).resolve().parent.parent  # the flow client runs as ``python -m bench.e2e`` from here
@@ -73,6 +101,19 @@ MASQUERADE = f"""table ip {NFT_TABLE} {{
 }}
 """
 TARGET_TCP_RATIO = 5.0  # the issue: TCP through gw at least 5x the wireguard-go path, both ways
+# the issue: socket-mode TCP at least slirp4netns's and at least half pasta's, both ways
+TARGET_SOCKET_RATIOS = {"slirp4netns": 1.0, "pasta": 0.5}
+TARGET_SOCKET_LINE = "socket-mode TCP ≥ slirp4netns and ≥ 0.5 × pasta, both ways"
+ANCHORS = ("slirp4netns", "pasta")
+SYSTEMS = ("gw", "flows", "gw-socket", *ANCHORS, "wireguard-go", "kernel")  # in the order they are measured
+GW_SYSTEMS = {"gw", "flows", "gw-socket"}  # those that need the lab's servers and gw's daemons started
+ANCHOR_ROLE = "anchor"  # the namespace the anchors carry: gwlab-<tag>-anchor, one fresh one per anchor
+ANCHOR_MTU = 65520  # both tools' default and recommended MTU for speed (the most a 64 KiB frame carries)
+ANCHOR_UP_S = 10  # each configures its namespace in well under a second
+SOCKET_KEYS = ("tcp_up", "tcp_down", "cpu_s_per_gbit")  # compared between socket mode and the anchors
+# the tool, by the command that is checked for, and the Debian package that has it (just bench-deps)
+PACKAGES = {"iperf3": "iperf3", "wireguard-go": "wireguard-go", "wg": "wireguard-tools", "nft": "nftables",
+            "slirp4netns": "slirp4netns", "pasta": "passt"}  # fmt: skip
 AUDIT_MODES = ("fast", "strict")
 SYSTEM_KEYS = ("tcp_up", "tcp_down", "udp64_pps", "rtt_ms", "cpu_s_per_gbit")  # compared across systems
 FLOW_KEYS = ("flows_per_s", "new_median_ms", "new_p99_ms", "existing_median_ms", "existing_p99_ms",
@@ -115,14 +156,21 @@ def ratio(a: dict | None, b: dict | None) -> float | None:
 
 
 def ratios(results: dict) -> dict[str, float]:
-    """gw over wireguard-go and over the kernel, strict over fast: every ratio the results allow."""
-    gw, wg, kernel = (results.get(s) for s in ("gw", "wireguard-go", "kernel"))
+    """gw over wireguard-go and over the kernel, gw's socket mode over each anchor, strict over fast:
+    every ratio the results allow."""
+    gw, wg, kernel, sock = (results.get(s) for s in ("gw", "wireguard-go", "kernel", "gw-socket"))
     found: dict[str, float] = {}
     for key in SYSTEM_KEYS:
         for name, other in (("wireguard_go", wg), ("kernel", kernel)):
             r = ratio(gw and gw.get(key), other and other.get(key))
             if r is not None:
                 found[f"gw_over_{name}_{key}"] = r
+    for key in SOCKET_KEYS:
+        for name in ANCHORS:
+            other = results.get(name)
+            r = ratio(sock and sock.get(key), other and other.get(key))
+            if r is not None:
+                found[f"gw_socket_over_{name}_{key}"] = r
     flows = results.get("flows", {})
     for key in FLOW_KEYS:
         r = ratio(flows.get("strict", {}).get(key), flows.get("fast", {}).get(key))
@@ -148,6 +196,47 @@ def gateway_config(text: str, journal: Path, audit: str) -> str:
     if edits != 2:
         raise LabError("the lab's gateway.toml has no [journal] directory and [nat] section to edit")
     return "\n".join(lines) + "\n"
+
+
+def socket_config(text: str, journal: Path) -> str:
+    """The lab's raw-mode gateway.toml turned to socket mode: ``[external] mode = "socket"`` without the
+    raw mode's interface, the gateway host's own address as the NAT's public one (as ``LabWorld(external=
+    "socket")`` writes it), the journal in ``journal`` (a fresh one: the raw runs' mappings were on
+    another address). Raises LabError if the lab's file does not have the expected shape."""
+    lines, section, edits = [], "", set()
+    for line in text.splitlines():
+        if line.startswith("["):
+            section = line
+        elif section == "[external]" and line.startswith("mode ="):
+            line = 'mode = "socket"'
+            edits.add("mode")
+        elif section == "[external]" and line.startswith("interface ="):
+            continue  # raw mode's AF_PACKET device; socket mode has none
+        elif section == "[nat]" and line.startswith("external_addresses ="):
+            line = f'external_addresses = ["{GATEWAY_HOST}"]'
+            edits.add("addresses")
+        elif section == "[journal]" and line.startswith("directory ="):
+            line = f'directory = "{journal}"'
+            edits.add("journal")
+        lines.append(line)
+    if edits != {"mode", "addresses", "journal"}:
+        raise LabError("the lab's gateway.toml has no [external] mode, [nat] external_addresses and [journal] "
+                       "directory to edit")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def socket_target(found: dict[str, float]) -> dict | None:
+    """The issue's target for socket mode, TARGET_SOCKET_RATIOS both ways: each ratio, its floor and
+    whether it holds, and whether all do; None unless socket mode and both anchors were measured."""
+    checks = {}
+    for name, floor in TARGET_SOCKET_RATIOS.items():
+        for key in ("tcp_up", "tcp_down"):
+            r = found.get(f"gw_socket_over_{name}_{key}")
+            if r is None:
+                return None
+            checks[f"{name}_{key}"] = {"anchor": name, "figure": key, "ratio": r, "floor": floor,
+                                       "met": r >= floor}  # fmt: skip
+    return {"target": TARGET_SOCKET_LINE, "met": all(c["met"] for c in checks.values()), "checks": checks}
 
 
 def status_summary(doc: dict) -> dict:
@@ -216,6 +305,7 @@ def report(results: dict, found: dict[str, float]) -> list[str]:
                          _times(found.get(f"gw_over_kernel_{key}"))])  # fmt: skip
         lines += render(["figure", "gw (raw NAT)", "wireguard-go", "gw / wg", "kernel (masquerade)", "gw / kernel"],
                         rows)  # fmt: skip
+    lines += _socket_report(results, found, blank_first=bool(lines))
     flows = results.get("flows")
     if flows:
         lines.append("")
@@ -232,6 +322,30 @@ def report(results: dict, found: dict[str, float]) -> list[str]:
                          _times(found.get(f"strict_over_fast_{key}"))])  # fmt: skip
         lines += render(["gw NAT, journal on", "audit = fast", "audit = strict", "strict / fast"], rows)
     return lines
+
+
+def _anchor_label(name: str, figures: dict) -> str:
+    link = figures.get("interface", {})
+    return f"{name} ({link['device']}, MTU {link['mtu']})" if link else name
+
+
+def _socket_report(results: dict, found: dict[str, float], blank_first: bool) -> list[str]:
+    """gw's socket mode and the anchors, a row each, then socket mode over each anchor with its target."""
+    systems = [(name, results[name]) for name in ("gw-socket", *ANCHORS) if results.get(name)]
+    if not systems:
+        return []
+    keys = (("tcp_up", "Mbit/s", 0), ("tcp_down", "Mbit/s", 0), ("cpu_s_per_gbit", "s", 2),
+            ("tcp_retransmits", "", 0))  # fmt: skip
+    rows = [["gw (socket mode)" if name == "gw-socket" else _anchor_label(name, figures),
+             *(_cell(figures.get(key), unit, digits) for key, unit, digits in keys)]
+            for name, figures in systems]  # fmt: skip
+    for name in ANCHORS:
+        cells = [_times(found.get(f"gw_socket_over_{name}_{key}")) for key, _, _ in keys[:3]]
+        if any(c != "-" for c in cells):
+            rows.append([f"gw socket / {name} (target >= {TARGET_SOCKET_RATIOS[name]:g}x)", *cells, ""])
+    header = ["socket mode and its anchors", "TCP c1 -> internet", "TCP internet -> c1 (-R)",
+              "CPU per Gbit", "TCP retransmits per run"]  # fmt: skip
+    return [""] * blank_first + render(header, rows)
 
 
 # ------------------------------------------------------------------------------------------ the flow client
@@ -427,6 +541,124 @@ def run_kernel(bench: Bench) -> dict:
             w.sysctl("gw", "net.ipv4.ip_forward=0")
 
 
+def measure_tcp(bench: Bench, daemons: list[int]) -> dict:
+    """TCP up and down to the internet host, ``bench.runs`` of each alternated: medians and spreads of the
+    rates, of the CPU ``daemons`` used per Gbit/s and of the retransmissions."""
+    keys = ("tcp_up", "tcp_down", "cpu_s_per_gbit", "tcp_retransmits")
+    samples: dict[str, list[float]] = {key: [] for key in keys}
+    for _ in range(bench.runs):
+        for key, args in (("tcp_up", ()), ("tcp_down", ("-R",))):
+            r = bench.iperf(INTERNET_HOST, *args, daemons=daemons)
+            samples[key].append(tcp_mbit(r))
+            samples["tcp_retransmits"].append(retransmits(r))
+            gbit = tcp_mbit(r) * bench.seconds / 1e3
+            samples["cpu_s_per_gbit"].append(r["daemon_cpu_s"] / gbit if gbit else float("nan"))
+    return {k: stats(v) for k, v in samples.items()}
+
+
+def run_gw_socket(bench: Bench) -> dict:
+    """gw restarted in socket mode (the lab's gateway.toml edited by ``socket_config``) with alice alone:
+    TCP up and down, the daemons' CPU, their counters."""
+    w = bench.world
+    for record in _gw_daemons(w):
+        w.stop(record)
+    config = w.dir / "gateway-socket.toml"
+    config.write_text(socket_config(w.gateway_toml.read_text(), w.dir / "journal-socket"))
+    gateway = w.start_gateway(config)
+    alice = w.start_client("c1", "alice")
+    w.vpn_address("c1")
+    _check_path(w, "gw (socket mode)", "gateway")
+    figures = measure_tcp(bench, [gateway["pid"], alice["pid"]])
+    figures["status"] = status_summary(query(w.status_socket))
+    return figures
+
+
+def _command(argv: list[str]) -> subprocess.CompletedProcess:
+    """Run a command on the host (bounded); raises LabError if it fails."""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+    except subprocess.TimeoutExpired:  # run() has killed it by its PID
+        raise LabError(f"{' '.join(argv)}: no result in {COMMAND_TIMEOUT_S:g} s") from None
+    if done.returncode:
+        raise LabError(f"{' '.join(argv)} failed ({done.returncode}): {(done.stderr or done.stdout).strip()}")
+    return done
+
+
+@contextmanager
+def anchor_namespace(world: LabWorld) -> Iterator[str]:
+    """A fresh namespace ``gwlab-<tag>-anchor`` (role ANCHOR_ROLE, IPv6 off and ``lo`` up as in the lab's),
+    yielded by path. It is in the lab's state before it is made, so that the lab's teardown (or ``gw lab
+    --down``, after a crash) removes it too; it is removed on the way out."""
+    name = f"gwlab-{world.tag}-{ANCHOR_ROLE}"
+    if os.path.exists(f"/run/netns/{name}"):
+        raise LabError(f"namespace {name} exists already: remove it (ip netns del {name})")
+    world.ns[ANCHOR_ROLE] = name
+    world.made.append(name)
+    world._save()  # the lab's own state file, as LabWorld.build keeps it
+    try:
+        _command(["ip", "netns", "add", name])
+        world.sysctl(ANCHOR_ROLE, "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+        _command(["ip", "-n", name, "link", "set", "lo", "up"])
+        yield f"/run/netns/{name}"
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=COMMAND_TIMEOUT_S)
+        if not os.path.exists(f"/run/netns/{name}"):  # else the lab's teardown tries again
+            world.made.remove(name)
+            world._save()
+        world.ns.pop(ANCHOR_ROLE, None)
+
+
+def anchor_argv(tool: str, netns: str) -> list[str]:
+    """The command that attaches ``tool`` to the namespace at path ``netns``, in the foreground, with
+    MTU ANCHOR_MTU, IPv4 only, no port forwarding, no DNS and no way to the namespace's loopback."""
+    if tool == "slirp4netns":
+        return ["slirp4netns", "--configure", f"--mtu={ANCHOR_MTU}", "--disable-host-loopback", "--disable-dns",
+                "--netns-type=path", netns, "tap0"]  # fmt: skip
+    # as root pasta drops to nobody unless --runas says otherwise, and nobody cannot join the namespace
+    return ["pasta", "--foreground", "--quiet", "--ipv4-only", "--runas", "0", "--config-net", "--mtu",
+            str(ANCHOR_MTU), "--tcp-ports", "none", "--udp-ports", "none", "--tcp-ns", "none", "--udp-ns", "none",
+            "--no-map-gw", "--netns", netns]  # fmt: skip
+
+
+def _attached(world: LabWorld, tool: str, record: dict) -> dict:
+    """Wait until ``tool`` has given the anchor namespace a default route; its device, address and MTU.
+    Raises LabError if it exits or does not in ANCHOR_UP_S."""
+    ns = world.ns[ANCHOR_ROLE]
+    deadline = time.monotonic() + ANCHOR_UP_S
+    while True:
+        if not world.alive(record):
+            raise LabError(f"{tool} exited at start:\n{world.log_tail(tool)}")
+        routes = json.loads(_command(["ip", "-n", ns, "-j", "-4", "route", "show", "default"]).stdout or "[]")
+        if routes:
+            break
+        if time.monotonic() > deadline:
+            log = world.log_tail(tool)
+            raise LabError(f"{tool} set up no default route in {ns} in {ANCHOR_UP_S} s:\n{log}")
+        time.sleep(0.05)
+    device = routes[0]["dev"]
+    link = json.loads(_command(["ip", "-n", ns, "-j", "-4", "addr", "show", "dev", device]).stdout)[0]
+    addresses = [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", [])]
+    return {"device": device, "mtu": link["mtu"], "addresses": addresses, "gateway": routes[0].get("gateway")}
+
+
+def run_anchor(bench: Bench, tool: str) -> dict:
+    """``tool`` in the gateway namespace, attached to a fresh anchor namespace whose iperf3 client it
+    carries to the internet host: TCP up and down, the tool's CPU; stopped by its PID on the way out."""
+    w = bench.world
+    with anchor_namespace(w) as netns:
+        record = w.spawn_command("gw", tool, *anchor_argv(tool, netns))
+        try:
+            link = _attached(w, tool, record)
+            try:
+                figures = measure_tcp(bench, [record["pid"]])
+            except LabError as e:
+                raise LabError(f"{tool}: {e}\n{w.log_tail(tool)}") from None
+        finally:
+            w.stop(record)
+    figures["interface"] = link
+    return figures
+
+
 def _flow_phase(world: LabWorld, spec: dict, timeout_s: float) -> dict:
     """Run the flow client in c1 (bounded, killed by its PID if it overruns); its JSON result."""
     argv = ["ip", "netns", "exec", world.ns["c1"], sys.executable, "-m", "bench.e2e", "--flow-client",
@@ -524,9 +756,10 @@ def main(argv: list[str] | None = None) -> int:
         "--runs", type=int, default=3, help="runs per figure; the median is reported (default 3)"
     )
     parser.add_argument("--no-offloads", action="store_true", help="gw's client without TUN offloads")
-    parser.add_argument("--only", choices=("gw", "flows", "wireguard-go", "kernel"), action="append",
-                        help="measure only these (repeatable)")  # fmt: skip
+    parser.add_argument("--only", choices=SYSTEMS, action="append", help="measure only these (repeatable)")
     parser.add_argument("--skip-wg", action="store_true", help="leave wireguard-go out")
+    parser.add_argument("--no-flows", action="store_true", help="leave the new-flow measurements out")
+    parser.add_argument("--no-anchors", action="store_true", help="leave slirp4netns and pasta out")
     parser.add_argument("--in-flight", type=int, default=64, help="new flows unanswered at once (default 64)")
     parser.add_argument("--samples", type=int, default=1000,
                         help="first-packet latency samples per run, within --seconds (default 1000)")  # fmt: skip
@@ -536,15 +769,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.flow_client:
         emit_json(flow_client(json.loads(args.flow_client)))
         return 0
-    missing = [tool for tool in ("iperf3", "wireguard-go", "wg", "nft") if shutil.which(tool) is None]
-    if missing:
-        print(f"bench.e2e needs {', '.join(missing)}: apt-get install iperf3 wireguard-go wireguard-tools nftables",
-              file=sys.stderr)  # fmt: skip
-        return 2
     say = (lambda text="": None) if args.json_only else out
     offloads = not args.no_offloads
-    systems = [s for s in args.only or ["gw", "flows", "wireguard-go", "kernel"]
-               if not (args.skip_wg and s == "wireguard-go")]  # fmt: skip
+    left_out = {s for s, out_ in (("wireguard-go", args.skip_wg), ("flows", args.no_flows)) if out_}
+    left_out |= set(ANCHORS) if args.no_anchors else set()
+    systems = [s for s in args.only or SYSTEMS if s not in left_out]
+    needed = ["iperf3", "wireguard-go", "wg", "nft", *(a for a in ANCHORS if a in systems)]
+    missing = [tool for tool in needed if shutil.which(tool) is None]
+    if missing:
+        print(f"bench.e2e needs {', '.join(missing)}: just bench-deps, or apt-get install --no-install-recommends "
+              f"{' '.join(PACKAGES[tool] for tool in missing)}"
+              + (" (or --no-anchors)" if set(missing) & set(ANCHORS) else ""), file=sys.stderr)  # fmt: skip
+        return 2
     world = LabWorld(f"e2e{os.getpid()}", offloads=offloads, external="raw")
     signal.signal(signal.SIGTERM, _terminate)
     results: dict[str, dict] = {}
@@ -553,7 +789,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"load average before: {os.getloadavg()[0]:.2f}; {args.runs} runs of {args.seconds:g} s per figure; "
             f"lab {world.tag} in {world.dir} ({_filesystem(world.dir)})")  # fmt: skip
         world.build()
-        if "gw" in systems or "flows" in systems:
+        if GW_SYSTEMS & set(systems):
             world.start()
         if "gw" in systems:
             say("measuring gw (raw external gateway) ...")
@@ -561,9 +797,17 @@ def main(argv: list[str] | None = None) -> int:
         if "flows" in systems:
             say("measuring new flows through gw's NAT, audit fast and strict ...")
             results["flows"] = run_flows(world, args.seconds, args.runs, args.in_flight, args.samples, say)
-        if "gw" in systems or "flows" in systems:
+        if "gw-socket" in systems:
+            say("measuring gw (socket external gateway), TCP ...")
+            results["gw-socket"] = run_gw_socket(Bench(world, args.seconds, args.runs, server_role="inet"))
+        if GW_SYSTEMS & set(systems):
             for record in _gw_daemons(world):  # alone on the machine from here
                 world.stop(record)
+        for tool in ANCHORS:
+            if tool in systems:
+                say(f"measuring {tool} in the gateway namespace (MTU {ANCHOR_MTU}), TCP ...")
+                bench = Bench(world, args.seconds, args.runs, server_role="inet", client_role=ANCHOR_ROLE)
+                results[tool] = run_anchor(bench, tool)
         if "wireguard-go" in systems:
             say("measuring wireguard-go + kernel masquerade ...")
             results["wireguard-go"] = run_wireguard(Bench(world, args.seconds, args.runs, server_role="inet"))
@@ -592,11 +836,22 @@ def main(argv: list[str] | None = None) -> int:
             ok &= r >= TARGET_TCP_RATIO
             say(f"gw / wireguard-go, {key}: {r:.2f}x (target {TARGET_TCP_RATIO:g}x): "
                 f"{'PASS' if r >= TARGET_TCP_RATIO else 'MISS'}")  # fmt: skip
-    for note in concerns(results.get("gw", {})):
-        say(f"note (gw): {note}")
+    target = socket_target(found)
+    if target:
+        for check in target["checks"].values():
+            say(f"gw socket / {check['anchor']}, {check['figure']}: {check['ratio']:.2f}x "
+                f"(target {check['floor']:g}x): {'PASS' if check['met'] else 'MISS'}")  # fmt: skip
+        ok &= target["met"]
+        say(f"target {TARGET_SOCKET_LINE}: {'met' if target['met'] else 'not met'}")
+    elif "gw-socket" in systems:
+        say(f"target {TARGET_SOCKET_LINE}: not evaluated (needs gw-socket, slirp4netns and pasta)")
+    for name, label in (("gw", "gw"), ("gw-socket", "gw socket")):
+        for note in concerns(results.get(name, {})):
+            say(f"note ({label}): {note}")
     say(f"took {time.monotonic() - started:.0f} s")
     emit_json({"offloads": offloads, "external": "raw", "seconds": args.seconds, "runs": args.runs,
-               "in_flight": args.in_flight, "results": results, **found})  # fmt: skip
+               "in_flight": args.in_flight, "anchor_mtu": ANCHOR_MTU, "results": results,
+               "socket_target": target, **found})  # fmt: skip
     return 0 if ok else 1
 
 

@@ -1,6 +1,7 @@
 """What the benchmarks in the lab's namespaces share: iperf3 runs and their figures, a wireguard-go hub.
 
-``Bench`` runs iperf3 with its client in ``c1`` and its server in another namespace of a ``LabWorld``,
+``Bench`` runs iperf3 with its client in ``c1`` (or another role the caller has added to the lab, as
+``bench.e2e`` does for slirp4netns and pasta) and its server in another namespace of a ``LabWorld``,
 each run bounded by its length and killed by its PID if it overruns, and turns ``--runs`` runs into
 medians with their spread (``stats``). The JSON readers (``tcp_mbit``, ``udp_received_pps``,
 ``retransmits``) are pure, so the unit tests check them on iperf3's own output without a network.
@@ -81,14 +82,17 @@ def udp_received_pps(result: dict) -> float:
 
 
 class Bench:
-    """iperf3 between ``c1`` and ``server_role`` in one lab: ``runs`` runs of ``seconds`` per figure."""
+    """iperf3 between ``client_role`` and ``server_role`` in one lab: ``runs`` runs of ``seconds`` per figure."""
 
-    def __init__(self, world: LabWorld, seconds: float, runs: int, server_role: str = "c2") -> None:
+    def __init__(self, world: LabWorld, seconds: float, runs: int, server_role: str = "c2",
+                 client_role: str = "c1") -> None:  # fmt: skip
         self.world, self.seconds, self.runs, self.server_role = world, seconds, runs, server_role
+        self.client_role = client_role
         self.tick = os.sysconf("SC_CLK_TCK")
 
     def iperf(self, server_ip: str, *args: str, daemons: list[int], server_role: str | None = None) -> dict:
-        """One iperf3 run, client in c1 and server in ``server_role``; its JSON, plus the daemons' CPU seconds."""
+        """One iperf3 run, client in ``client_role``, server in ``server_role``; its JSON, plus the daemons' CPU
+        seconds."""
         w = self.world
         role = server_role or self.server_role
         server = subprocess.Popen(["ip", "netns", "exec", w.ns[role], "iperf3", "-s", "-1", "-B", server_ip,
@@ -97,8 +101,8 @@ class Bench:
         try:
             time.sleep(0.3)
             before = cpu_ticks(daemons)
-            argv = ["ip", "netns", "exec", w.ns["c1"], "iperf3", "-c", server_ip, "-p", str(IPERF_PORT), "-J",
-                    "-t", str(self.seconds), *args]  # fmt: skip
+            argv = ["ip", "netns", "exec", w.ns[self.client_role], "iperf3", "-c", server_ip, "-p", str(IPERF_PORT),
+                    "-J", "-t", str(self.seconds), *args]  # fmt: skip
             try:
                 done = subprocess.run(
                     argv, capture_output=True, text=True, timeout=self.seconds + IPERF_GRACE_S
@@ -134,7 +138,7 @@ class Bench:
                 samples["cpu_s_per_gbit"].append(r["daemon_cpu_s"] / gbit if gbit else float("nan"))
             r = self.iperf(server_ip, "-u", "-l", "64", "-b", "0", daemons=daemons)
             samples["udp64_pps"].append(udp_received_pps(r))
-        ping = self.world.probe("c1", "ping", server_ip, 20)
+        ping = self.world.probe(self.client_role, "ping", server_ip, 20)
         figures = {k: stats(v) for k, v in samples.items()}
         figures["rtt_ms"] = stats(ping.get("rtt_ms") or [float("nan")])
         return figures
