@@ -152,6 +152,33 @@ def test_gateway_config_refuses_an_unknown_shape() -> None:
         e2e.gateway_config('[tunnel]\nlisten = "0.0.0.0:8443"\n', "/tmp/j", "fast")
 
 
+def test_socket_config_is_the_labs_socket_mode_gateway(tmp_path) -> None:
+    """The bench's socket-mode file says what ``LabWorld(external="socket")`` says, journal aside."""
+    raw = LabWorld("unit", tmp_path / "raw", external="raw")
+    raw._write_configs()
+    made = config.parse(e2e.socket_config(raw.gateway_toml.read_text(), tmp_path / "journal-s"))
+    lab = LabWorld("unit", tmp_path / "socket", external="socket")
+    lab._write_configs()
+    wanted = config.parse(lab.gateway_toml.read_text())
+    assert made.external == wanted.external and made.nat.external_addresses == wanted.nat.external_addresses
+    assert made.journal.directory == str(tmp_path / "journal-s")
+    with pytest.raises(LabError):
+        e2e.socket_config('[tunnel]\nlisten = "0.0.0.0:8443"\n', tmp_path / "j")
+
+
+def test_socket_target_needs_every_ratio_and_each_floor() -> None:
+    found = {f"gw_socket_over_{name}_{key}": 1.0 for name in e2e.ANCHORS for key in ("tcp_up", "tcp_down")}
+    assert e2e.socket_target(found)["met"] is True
+    found["gw_socket_over_pasta_tcp_down"] = 0.49  # under half of pasta's
+    target = e2e.socket_target(found)
+    assert target["met"] is False and not target["checks"]["pasta_tcp_down"]["met"]
+    found["gw_socket_over_pasta_tcp_down"] = 0.5
+    found["gw_socket_over_slirp4netns_tcp_up"] = 0.99  # under slirp4netns's
+    assert e2e.socket_target(found)["met"] is False
+    del found["gw_socket_over_slirp4netns_tcp_up"]
+    assert e2e.socket_target(found) is None  # an anchor not measured: no verdict
+
+
 def test_flow_client_is_hidden_from_help(capsys) -> None:
     with pytest.raises(SystemExit):
         e2e.main(["--help"])
