@@ -67,6 +67,9 @@ SOCKET_BUFFER = 2 << 20  # each relayed socket's send buffer and receive window 
 PEEK_MAX = 1 << 18  # bytes peeked per read
 GSO_SEGMENTS = 64  # per super-packet to the client: as many as one IPv4 packet holds (TcpConn caps it)
 _INT = struct.Struct("i")
+SO_MEMINFO = 55  # asm-generic/socket.h: the socket's memory counters (linux/sock_diag.h SK_MEMINFO_*)
+_MEMINFO = struct.Struct("9I")
+SK_MEMINFO_SNDBUF, SK_MEMINFO_WMEM_QUEUED = 3, 5
 _LINGER_RST = struct.pack("ii", 1, 0)
 
 
@@ -316,6 +319,14 @@ class TcpRelay:
 
     @staticmethod
     def _space(sock: socket.socket) -> int:
-        """Free room in the socket's send buffer: the window the client may fill."""
+        """The window the client may fill: bytes the socket's send buffer surely takes. The kernel
+        limits it by memory (``sk_wmem_queued``, payload plus its own overhead, against the doubled
+        ``SO_SNDBUF``), not by payload bytes, so "buffer minus unacknowledged bytes" over-promises
+        near a full buffer: a short write then drops every segment the client has in flight behind
+        it, and the client recovers by its retransmission timer (stalls of seconds, seen in the lab).
+        So: at most ``SOCKET_BUFFER`` payload bytes queued (half the memory limit), and never more
+        than half the memory still free."""
         queued = _INT.unpack(fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0\0\0\0"))[0]
-        return max(0, sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) - queued)
+        mem = _MEMINFO.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size))
+        free = mem[SK_MEMINFO_SNDBUF] - mem[SK_MEMINFO_WMEM_QUEUED]
+        return max(0, min(SOCKET_BUFFER - queued, free // 2))
