@@ -1,6 +1,6 @@
 """What the lab (and the end-to-end tests) do inside a namespace: ping, a DNS lookup, echoes, a spoof,
-an HTTP download, and paced floods (new flows, forged sources, fragments) for the hostile tests and
-``bench.flood``.
+HTTP downloads and uploads (and the lab server's unusual endings: a RST, its FIN first), and paced
+floods (new flows, forged sources, fragments) for the hostile tests and ``bench.flood``.
 
 ``python -m gw.lab.probes NAME JSON-ARGS`` runs one probe in the namespace it was started in and prints
 its result as one JSON object; ``LabWorld.probe`` starts it with ``ip netns exec``. Every probe bounds
@@ -9,6 +9,7 @@ its own waits and sends only to the address it was given (an address inside the 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ import time
 import dpkt
 
 from gw import inet
+from gw.lab.services import http_body_chunks
 from gw.packet import IP_MF, UDP_HLEN, build_ipv4, build_udp
 
 WAIT_S = 3.0  # the longest a probe waits for one answer
@@ -133,35 +135,33 @@ def tcp_echo(dst: str, port: int, size: int) -> dict:
     return {"bytes": got, "same": sent.digest() == back.digest(), "mbit_s": round(2 * size * 8 / seconds / 1e6, 1)}
 
 
-def http_get(host: str, port: int, path: str, timeout: float = HTTP_TIMEOUT_S) -> dict:
+def http_get(host: str, port: int, path: str, timeout: float = HTTP_TIMEOUT_S, half_close: bool = False) -> dict:
     """HTTP/1.1 GET ``http://host:port/path``: the status, the body's length and sha256 (hashed as it
-    arrives, never held), the time from connecting to the last byte, and the rate.
+    arrives, never held), the time from connecting to the last byte, the rate, and ``max_gap_s``: the
+    longest wait between two recv() returns (the first counted from the request sent), a stall's length.
 
     The body is read to its Content-Length (or, without one, to the server's close); at most
     ``MAX_HTTP_BODY`` bytes and ``timeout`` seconds in all, else an error. Chunked bodies are refused.
+    ``half_close``: the request is followed by our FIN (``shutdown(SHUT_WR)``), before any answer.
     """
-    if not path.startswith("/") or any(c <= " " or c > "~" for c in path):
-        raise ValueError(f"path {path!r}: must start with / and be printable ASCII without spaces")
+    _check_path(path)
     deadline = time.monotonic() + timeout
     buf = memoryview(bytearray(HTTP_RECV))
     digest = hashlib.sha256()
     t = time.monotonic()
     with socket.create_connection((host, port), timeout=min(WAIT_S, timeout)) as s:
         s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
-        head = bytearray()
-        while (end := head.find(b"\r\n\r\n")) < 0:
-            if len(head) > MAX_HTTP_HEAD:
-                raise ValueError(f"no end of the response head in {MAX_HTTP_HEAD} bytes")
-            n = _recv_into(s, buf, deadline)
-            if not n:
-                raise ConnectionError(f"closed after {len(head)} bytes of the response head")
-            head += buf[:n]
-        status, length = _http_head(bytes(head[:end]))
-        early = bytes(head[end + 4 :] if length is None else head[end + 4 : end + 4 + length])  # read with the head
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
+        gaps = _Gaps()
+        status, length, early = _read_head(s, buf, deadline, gaps)
+        if length is not None:
+            early = early[:length]
         digest.update(early)
         got = len(early)
         while length is None or got < length:
             n = _recv_into(s, buf if length is None else buf[: min(HTTP_RECV, length - got)], deadline)
+            gaps.tick()
             if not n:
                 if length is None:
                     break
@@ -172,7 +172,140 @@ def http_get(host: str, port: int, path: str, timeout: float = HTTP_TIMEOUT_S) -
                 raise ValueError(f"body over {MAX_HTTP_BODY} bytes")
     seconds = max(time.monotonic() - t, 1e-6)
     return {"status": status, "bytes": got, "sha256": digest.hexdigest(), "seconds": round(seconds, 3),
-            "mbit_s": round(got * 8 / seconds / 1e6, 1)}  # fmt: skip
+            "mbit_s": round(got * 8 / seconds / 1e6, 1), "max_gap_s": round(gaps.longest, 3)}  # fmt: skip
+
+
+def http_until_closed(host: str, port: int, path: str, timeout: float = HTTP_TIMEOUT_S) -> dict:
+    """HTTP/1.1 GET, the response read to the end of the stream whatever its head says: the status, the
+    bytes after the head (count, sha256), and how the stream ended: ``end`` is "eof" (the server's FIN)
+    or the errno name of the error that ended it ("ECONNRESET": a RST)."""
+    _check_path(path)
+    deadline = time.monotonic() + timeout
+    buf = memoryview(bytearray(HTTP_RECV))
+    digest = hashlib.sha256()
+    with socket.create_connection((host, port), timeout=min(WAIT_S, timeout)) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
+        status, got, end = None, 0, "eof"
+        try:
+            status, _, early = _read_head(s, buf, deadline)
+            digest.update(early)
+            got = len(early)
+            while n := _recv_into(s, buf, deadline):
+                digest.update(buf[:n])
+                got += n
+                if got > MAX_HTTP_BODY:
+                    raise ValueError(f"body over {MAX_HTTP_BODY} bytes")
+        except ConnectionError as e:  # a RST (ECONNRESET), or a close inside the head
+            if e.errno is None:
+                raise
+            end = errno.errorcode.get(e.errno, str(e.errno))
+    return {"status": status, "bytes": got, "sha256": digest.hexdigest(), "end": end}
+
+
+def http_post(host: str, port: int, path: str, size: int, timeout: float = HTTP_TIMEOUT_S) -> dict:
+    """HTTP/1.1 POST of ``size`` bytes to ``http://host:port/path`` (the lab server's /upload): the body
+    is the pattern of ``/bytes/size`` (``services.http_body_chunks``: its sha256 is ``http_body_sha256``),
+    sent as the socket takes it. Returns the status, the server's answer (``sha256`` and ``bytes``: what
+    it says it received), the time from connecting to the answer, the rate, and ``max_gap_s``: the longest
+    wait between two send() returns, or from the last one to the answer's first byte (a stall's length)."""
+    _check_path(path)
+    if not 0 <= size <= MAX_HTTP_BODY:
+        raise ValueError(f"size {size}: 0 to {MAX_HTTP_BODY}")
+    deadline = time.monotonic() + timeout
+    buf = memoryview(bytearray(HTTP_RECV))
+    t = time.monotonic()
+    with socket.create_connection((host, port), timeout=min(WAIT_S, timeout)) as s:
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {size}\r\n"
+                  f"Connection: close\r\n\r\n".encode())  # fmt: skip
+        gaps = _Gaps()
+        for chunk in http_body_chunks(size):
+            view = memoryview(chunk)
+            while view:
+                n = _send(s, view, deadline)  # a socket with a timeout: returns once some bytes fit
+                gaps.tick()
+                view = view[n:]
+        status, length, body = _read_head(s, buf, deadline, gaps)
+        if length is None or length > MAX_HTTP_HEAD:
+            raise ValueError(f"answer of {length} bytes: expected a short one with a Content-Length")
+        while len(body) < length:
+            n = _recv_into(s, buf[: length - len(body)], deadline)
+            if not n:
+                raise ConnectionError(f"closed after {len(body)} of {length} answer bytes")
+            body += buf[:n]
+    seconds = max(time.monotonic() - t, 1e-6)
+    answer = bytes(body).decode("latin-1").split()
+    sha, count = (answer[0], int(answer[1])) if status == 200 and len(answer) == 2 else (None, None)
+    return {"status": status, "sha256": sha, "bytes": count, "seconds": round(seconds, 3),
+            "mbit_s": round(size * 8 / seconds / 1e6, 1), "max_gap_s": round(gaps.longest, 3)}  # fmt: skip
+
+
+def http_after_server_fin(host: str, port: int, size: int, timeout: float = HTTP_TIMEOUT_S) -> dict:
+    """POST /halfclose to the lab server, which answers and sends its FIN first: the answer is read to
+    that FIN (recv returns b""), then ``size`` more bytes (the pattern of ``/bytes/size``) are sent on the
+    half-closed connection, then our FIN. The server logs what it received; this returns the status, the
+    answer's length (head excluded) and the bytes sent and their sha256."""
+    deadline = time.monotonic() + timeout
+    buf = memoryview(bytearray(HTTP_RECV))
+    sent = hashlib.sha256()
+    with socket.create_connection((host, port), timeout=min(WAIT_S, timeout)) as s:
+        s.sendall(f"POST /halfclose HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
+        status, _, early = _read_head(s, buf, deadline)
+        extra = len(early)
+        while n := _recv_into(s, buf, deadline):  # to the server's FIN
+            extra += n
+        for chunk in http_body_chunks(size):
+            view = memoryview(chunk)
+            while view:
+                view = view[_send(s, view, deadline):]
+            sent.update(chunk)
+        s.shutdown(socket.SHUT_WR)
+    return {"status": status, "answer_bytes": extra, "sent": size, "sha256": sent.hexdigest()}
+
+
+class _Gaps:
+    """The longest time between two calls of ``tick`` (the first counted from when it was made)."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self.longest = 0.0
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        self.longest = max(self.longest, now - self.last)
+        self.last = now
+
+
+def _check_path(path: str) -> None:
+    if not path.startswith("/") or any(c <= " " or c > "~" for c in path):
+        raise ValueError(f"path {path!r}: must start with / and be printable ASCII without spaces")
+
+
+def _read_head(s: socket.socket, buf: memoryview, deadline: float, gaps: _Gaps | None = None
+               ) -> tuple[int, int | None, bytearray]:  # fmt: skip
+    """Read a response head: (status, Content-Length or None, the bytes read after the head)."""
+    head = bytearray()
+    while (end := head.find(b"\r\n\r\n")) < 0:
+        if len(head) > MAX_HTTP_HEAD:
+            raise ValueError(f"no end of the response head in {MAX_HTTP_HEAD} bytes")
+        n = _recv_into(s, buf, deadline)
+        if gaps is not None:
+            gaps.tick()
+        if not n:
+            raise ConnectionError(f"closed after {len(head)} bytes of the response head")
+        head += buf[:n]
+    status, length = _http_head(bytes(head[:end]))
+    return status, length, head[end + 4 :]
+
+
+def _send(s: socket.socket, view: memoryview, deadline: float) -> int:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the upload ran out of time")
+    s.settimeout(left)
+    try:
+        return s.send(view)
+    except TimeoutError:
+        raise TimeoutError("the upload ran out of time") from None
 
 
 def _recv_into(s: socket.socket, view: memoryview, deadline: float) -> int:
@@ -491,7 +624,8 @@ def fragment_flood(src: str, dst: str, sport: int, mapped_port: int, stray_port:
     return _flood(packet, dst, count, rate_pps, seconds)
 
 
-PROBES = {f.__name__: f for f in (ping, dns, udp_echo, tcp_echo, http_get, spoofed_udp, udp_listen,
+PROBES = {f.__name__: f for f in (ping, dns, udp_echo, tcp_echo, http_get, http_until_closed, http_post,
+                                   http_after_server_fin, spoofed_udp, udp_listen,
                                    traceroute, pmtu, udp_talk, udp_answer, udp_flows, new_flows,
                                    spoofed_flood, fragment_flood)}  # fmt: skip
 

@@ -21,13 +21,27 @@ and a request it cannot read 400. It answers one request per connection and says
 sha256 without the server: ``HTTP_BLOCK`` (64 KiB) is the SHA-256 counter-mode stream
 ``sha256(HTTP_SEED + i.to_bytes(4, "big"))`` for i = 0 .. 2047, concatenated, and the body of
 ``/bytes/N`` is ``HTTP_BLOCK`` repeated and cut after N bytes. ``http_body_sha256(n)`` is the
-expected digest, computed without a network (the tests' oracle).
+expected digest, computed without a network (the tests' oracle). Every connection is logged when it
+is accepted (``http connection from ADDR:PORT``), so a test can tell that one never arrived.
+
+Three routes do more than answer (``http_action``), for the relay's tests of uploads and of a
+remote's unusual endings:
+
+- ``POST /upload`` with a Content-Length (up to ``MAX_HTTP_BYTES``; none: 411): the body is read as
+  it comes and hashed, never held; the answer is 200 with the line ``<sha256 hex> <bytes>``.
+- ``GET /reset/N``: 200 without a Content-Length (the body runs to the end of the stream), N bytes of
+  the pattern, and then, once the client's side has acknowledged all of them (the kernel's send queue
+  is empty: nothing the RST could destroy), a RST instead of a FIN (``SO_LINGER`` 0).
+- ``POST /halfclose``: 200 with an empty body at once, then the server's FIN (it shuts its write side);
+  it reads on whatever the client sends until the client's FIN, and logs the byte count and sha256
+  (``http halfclose received N bytes sha256 HEX from ADDR:PORT``), since it cannot answer any more.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import hashlib
 import re
 import signal
@@ -55,6 +69,9 @@ MAX_HTTP_HEAD = 8192  # a request head from the probes or curl is below 200 byte
 HTTP_READ_S = 10  # the time a client has to send its request head
 HTTP_STALL_S = 30  # the longest one write may wait for the client to read (a stalled download ends)
 HTTP_LINGER_S = 2  # after the response, how long the client's own close is waited for (see _linger_close)
+HTTP_READ_CHUNK = 1 << 20  # one read of an upload (the stream hands over what it has, up to this)
+HTTP_ACKED_POLL_S = 0.005  # /reset/N: how often the kernel's send queue is looked at before the RST
+SIOCOUTQ = 0x5411  # linux/sockios.h: bytes the peer has not acknowledged yet
 _HEADER = struct.Struct("!HHHHHH")
 _QTYPE_A, _QCLASS_IN = 1, 1
 _NOERROR, _FORMERR, _NXDOMAIN, _REFUSED = 0, 1, 3, 5
@@ -159,7 +176,8 @@ HTTP_BLOCK = b"".join(hashlib.sha256(HTTP_SEED + i.to_bytes(4, "big")).digest()
                      for i in range(HTTP_BLOCK_SIZE // 32))  # fmt: skip
 _HTTP_CHUNK = HTTP_BLOCK * (HTTP_CHUNK_SIZE // HTTP_BLOCK_SIZE)  # whole periods: every full chunk alike
 _BYTES_PATH = re.compile(r"/bytes/(\d{1,10})")
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+_RESET_PATH = re.compile(r"/reset/(\d{1,10})")
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 411: "Length Required"}
 
 
 def http_body_chunks(n: int) -> Iterator[bytes]:
@@ -179,8 +197,20 @@ def http_body_sha256(n: int) -> str:
     return digest.hexdigest()
 
 
+def http_action(method: str, target: str) -> tuple[str, int] | None:
+    """The route that does more than answer, for a request line: ``("upload", 0)``, ``("halfclose", 0)``
+    or ``("reset", N)`` (see the module docstring); None for the others, which ``http_route`` answers.
+    A /reset/N over ``MAX_HTTP_BYTES`` is not one (``http_route``: 404)."""
+    if method == "POST" and target in ("/upload", "/halfclose"):
+        return target[1:], 0
+    match = _RESET_PATH.fullmatch(target) if method == "GET" else None
+    if match is not None and int(match[1]) <= MAX_HTTP_BYTES:
+        return "reset", int(match[1])
+    return None
+
+
 def http_route(method: str, target: str) -> tuple[int, int]:
-    """What the server answers a request line with: (status, body length)."""
+    """What the server answers a request line with, unless ``http_action`` has it: (status, body length)."""
     if method != "GET":
         return 405, len(_REASONS[405]) + 1
     if not target.startswith("/bytes/"):
@@ -192,9 +222,10 @@ def http_route(method: str, target: str) -> tuple[int, int]:
 
 
 async def _http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """One connection: read one request head (bounded), answer it, close."""
+    """One connection: read one request head (bounded), answer it (or act: ``http_action``), close."""
     peer = writer.get_extra_info("peername")
     who = f"{peer[0]}:{peer[1]}"
+    _log(f"http connection from {who}")
     try:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HTTP_READ_S)
     except asyncio.LimitOverrunError:  # no end of the head within MAX_HTTP_HEAD: a 400
@@ -206,15 +237,38 @@ async def _http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     else:
         parts = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
         if len(parts) == 3 and parts[2] in ("HTTP/1.0", "HTTP/1.1"):
-            status, length = http_route(parts[0], parts[1])
             _log(f"http {parts[0][:16]} {parts[1][:100]} from {who}")
+            action = http_action(parts[0], parts[1])
+            if action is not None:
+                await _act(action, head, reader, writer, who)
+                return
+            status, length = http_route(parts[0], parts[1])
         else:
             status, length = 400, len(_REASONS[400]) + 1
             _log(f"http unreadable request line from {who}")
-    ctype = "application/octet-stream" if status == 200 else "text/plain"
+    await _answer(reader, writer, who, status, length)
+
+
+async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, who: str, status: int,
+                  length: int, body: bytes | None = None) -> None:  # fmt: skip
+    """A whole response: for 200 ``length`` bytes of the pattern (or ``body``), else the reason; then close."""
+    ctype = "application/octet-stream" if status == 200 and body is None else "text/plain"
     writer.write(f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {ctype}\r\n"
                  f"Content-Length: {length}\r\nConnection: close\r\n\r\n".encode("ascii"))  # fmt: skip
-    chunks = http_body_chunks(length) if status == 200 else [_REASONS[status].lower().encode() + b"\n"]
+    if body is not None:
+        chunks = [body]
+    else:
+        chunks = http_body_chunks(length) if status == 200 else [_REASONS[status].lower().encode() + b"\n"]
+    sent = await _send_chunks(writer, chunks, who, length)
+    if sent is None:
+        return
+    _log(f"http sent {sent} bytes to {who}")
+    await _linger_close(reader, writer)
+
+
+async def _send_chunks(writer: asyncio.StreamWriter, chunks, who: str, length: int) -> int | None:
+    """Write ``chunks``, each drained (bounded by HTTP_STALL_S); the count sent, or None (logged, closed)
+    if the client went away or stopped reading."""
     sent = 0
     try:
         for chunk in chunks:
@@ -224,9 +278,111 @@ async def _http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     except (TimeoutError, OSError) as e:  # the client went away, or stopped reading
         _log(f"http sent {sent} of {length} bytes to {who}: {type(e).__name__}")
         writer.close()
+        return None
+    return sent
+
+
+def _content_length(head: bytes) -> int | None:
+    """The request head's Content-Length, None without one; ValueError if unreadable, repeated or over
+    MAX_HTTP_BYTES."""
+    found = None
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() != b"content-length":
+            continue
+        value = value.strip()
+        if found is not None or not value.isdigit() or len(value) > 10 or int(value) > MAX_HTTP_BYTES:
+            raise ValueError(value[:40])
+        found = int(value)
+    return found
+
+
+async def _act(action: tuple[str, int], head: bytes, reader: asyncio.StreamReader,
+               writer: asyncio.StreamWriter, who: str) -> None:  # fmt: skip
+    kind, n = action
+    if kind == "reset":
+        await _reset_after(n, writer, who)
+    elif kind == "halfclose":
+        await _half_close_first(reader, writer, who)
+    else:
+        try:
+            length = _content_length(head)
+        except ValueError:
+            await _answer(reader, writer, who, 400, len(_REASONS[400]) + 1)
+            return
+        if length is None:
+            await _answer(reader, writer, who, 411, len(_REASONS[411]) + 1)
+            return
+        await _upload(length, reader, writer, who)
+
+
+async def _read_hashed(reader: asyncio.StreamReader, limit: int) -> tuple[int, str, str | None]:
+    """Read up to ``limit`` bytes or to the end of the stream, hashing as they come: (count, sha256 hex,
+    None, or why the reading stopped early: the client's silence for HTTP_STALL_S, or an error)."""
+    digest, got = hashlib.sha256(), 0
+    try:
+        while got < limit:
+            data = await asyncio.wait_for(reader.read(min(HTTP_READ_CHUNK, limit - got)), HTTP_STALL_S)
+            if not data:
+                break
+            digest.update(data)
+            got += len(data)
+    except (TimeoutError, OSError) as e:
+        return got, digest.hexdigest(), type(e).__name__
+    return got, digest.hexdigest(), None
+
+
+async def _upload(length: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, who: str) -> None:
+    """POST /upload: read the body to its Content-Length (hashed, not held), answer its sha256 and count."""
+    got, sha, error = await _read_hashed(reader, length)
+    if got < length:
+        _log(f"http upload ended after {got} of {length} bytes from {who}: {error or 'closed'}")
+        writer.close()
         return
-    _log(f"http sent {sent} bytes to {who}")
-    await _linger_close(reader, writer)
+    _log(f"http upload {got} bytes sha256 {sha} from {who}")
+    body = f"{sha} {got}\n".encode("ascii")
+    await _answer(reader, writer, who, 200, len(body), body)
+
+
+async def _reset_after(n: int, writer: asyncio.StreamWriter, who: str) -> None:
+    """GET /reset/N: the head (no Content-Length), N bytes, and once the client's side acknowledged them
+    all, a RST (SO_LINGER 0, then close): a remote that aborts mid-stream, losing nothing it sent."""
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n")
+    sent = await _send_chunks(writer, http_body_chunks(n), who, n)
+    if sent is None:
+        return
+    sock = writer.get_extra_info("socket")
+    try:
+        async with asyncio.timeout(HTTP_STALL_S):  # the client's side acknowledges everything, or stalls
+            while writer.transport.get_write_buffer_size() or _unacknowledged(sock):
+                await asyncio.sleep(HTTP_ACKED_POLL_S)
+    except (TimeoutError, OSError) as e:
+        _log(f"http sent {sent} of {n} bytes to {who}, not acknowledged: {type(e).__name__}")
+        writer.close()
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()  # closes the socket: with linger 0, a RST
+    _log(f"http reset after {sent} bytes to {who}")
+
+
+def _unacknowledged(sock) -> int:
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0\0\0\0"))[0]
+
+
+async def _half_close_first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, who: str) -> None:
+    """POST /halfclose: answer (empty), send our FIN first, then read the client's bytes to its FIN and log
+    their count and sha256 (nothing can be answered after our FIN)."""
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    try:
+        await asyncio.wait_for(writer.drain(), HTTP_STALL_S)
+        writer.write_eof()
+    except (TimeoutError, OSError) as e:
+        _log(f"http halfclose could not answer {who}: {type(e).__name__}")
+        writer.close()
+        return
+    got, sha, error = await _read_hashed(reader, MAX_HTTP_BYTES)
+    _log(f"http halfclose received {got} bytes sha256 {sha} from {who}" + (f": {error}" if error else ""))
+    writer.close()
 
 
 async def _linger_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -297,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--udp-echo", action="append", default=[], metavar="ADDR:PORT")
     parser.add_argument("--tcp-echo", action="append", default=[], metavar="ADDR:PORT")
     parser.add_argument("--http", action="append", default=[], metavar="ADDR:PORT",
-                        help="HTTP/1.1: GET /bytes/N answers N bytes of a fixed pattern")  # fmt: skip
+                        help="HTTP/1.1: GET /bytes/N answers N bytes of a fixed pattern; POST /upload, "
+                             "GET /reset/N, POST /halfclose (see the module docstring)")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         asyncio.run(serve(args.dns, args.udp_echo, args.tcp_echo, args.http))

@@ -231,3 +231,79 @@ def test_a_full_disk_under_the_journal(raw_world, small_disk, audit):
     assert not missing, f"{len(missing)} public endpoints the internet saw are not in the journal"
     verify = raw_world.run("gw", sys.executable, "-m", "tools.replay", str(small_disk / "journal"), "verify")
     assert verify.returncode == 0, verify.stdout
+
+
+# new TCP connections to HOST:PORT one after another, each closed at once, until one does not connect
+# within WAIT_S (at most 60 s in all); prints how many connected and how the first failure ended
+_CONNECTS = """
+import socket, sys, time
+host, port, wait_s = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+made, end, how = 0, time.monotonic() + 60, "never failed"
+while time.monotonic() < end:
+    with socket.socket() as s:
+        s.settimeout(wait_s)
+        try:
+            s.connect((host, port))
+        except OSError as e:
+            how = type(e).__name__
+            break
+    made += 1
+print(made, how)
+"""
+
+
+def _http_peers(world: LabWorld) -> list[str]:
+    """The public endpoints the internet host's HTTP server accepted a connection from, in order."""
+    lines = (world.dir / "internet.log").read_text().splitlines()
+    return [ln.split()[-1] for ln in lines if ln.startswith("http connection from ")]
+
+
+def test_strict_audit_no_syn_ack_until_the_tcp_mapping_is_durable(world, small_disk):
+    """Socket mode, strict audit, the journal's disk full: the relay connects to the remote (and so answers
+    the client's SYN) only once the connection's mapping is durable. New connections go through while the
+    journal's last page has room; the first whose mapping cannot be written must not connect, and the
+    internet must not see it while the disk is full; once space returns, a new connection goes through,
+    and every public endpoint the internet saw is in the journal."""
+    from gw.lab.world import HTTP_PORT, INTERNET_WWW
+
+    text = world.gateway_toml.read_text().replace(f'directory = "{world.journal}"',
+                                                  f'directory = "{small_disk / "journal"}"')  # fmt: skip
+    world.gateway_toml.write_text(text.replace("[journal]\n", '[journal]\naudit = "strict"\n', 1))
+    world.start()
+    assert world.probe("c1", "http_get", INTERNET_WWW, HTTP_PORT, "/bytes/1000", 10).get("status") == 200
+    _fill(small_disk)
+    run = world.run("c1", sys.executable, "-c", _CONNECTS, INTERNET_WWW, str(HTTP_PORT), "3", timeout=70)
+    made, how = run.stdout.split()
+    doc = query(world.status_socket)
+    audit = {k: doc["audit"][k] for k in ("held", "held_expired", "waiting")}, doc["counts"]["refused_no_journal"]
+    assert how == "TimeoutError", (run.stdout, audit)  # no SYN-ACK (nor a RST): the SYN waited, or was refused
+    assert doc["journal"]["error"], doc["journal"]  # the journal could not write: that was the reason
+    assert doc["audit"]["held"] >= 1 + int(made), audit  # each SYN that went through waited for its fsync
+    peers = _http_peers(world)
+    assert len(peers) == 1 + int(made), (made, peers, audit)  # the internet saw no more than connected
+    journal = small_disk / "journal"
+    early = [p for p in peers if not _held_tcp(journal, p)]  # the disk still full: what is in the journal now
+    assert not early, f"the internet saw {early} before the journal held them ({made} connected)"
+    (small_disk / "filler").unlink()  # space returns
+    assert until(lambda: not query(world.status_socket)["audit"]["refusing_new_flows"], 10)
+    got = world.probe("c1", "http_get", INTERNET_WWW, HTTP_PORT, "/bytes/1000", 10)
+    assert got.get("status") == 200, got
+    log = (world.dir / "internet.log").read_text().splitlines()
+    last = [ln.split()[-1] for ln in log if ln.startswith("http sent 1000 bytes to ")][-1]
+    assert until(lambda: query(world.status_socket)["journal"]["lag_events"] == 0, 10)
+    assert _held_tcp(journal, last)  # the connection that went through is journaled
+    # the refused one's SYN may have been held and let go once its mapping became durable: the internet
+    # then saw it, after the disk had room again (counted above), and it must be journaled like the rest
+    missing = [p for p in _http_peers(world) if not _held_tcp(journal, p)]
+    assert not missing, f"public endpoints the internet saw that the journal does not hold: {missing}"
+    print(f"\n{made} connected before the disk was full; held/expired/waiting, refused: {audit}")
+
+
+def _held_tcp(journal, endpoint: str) -> bool:
+    from gw import inet
+    from journal.holders import find_holders
+    from journal.reader import Journal
+
+    addr, _, port = endpoint.rpartition(":")
+    return [h.session.client for h in find_holders(Journal(journal), inet.aton(addr), int(port), 6,
+                                                   time.time_ns())] == ["alice"]  # fmt: skip

@@ -21,6 +21,7 @@ from tests.helpers.waiting import until
 pytestmark = pytest.mark.netns
 
 BIG = 100_000_000
+RTO_INITIAL_S = 1.0  # RFC 6298 2.1: a stall this long means a retransmission timer fired
 
 
 def _connections(world) -> int:
@@ -149,3 +150,86 @@ def test_strict_audit_a_connection_goes_through_and_its_public_port_is_journaled
     addr, _, port = seen[0].rpartition(":")
     holders = find_holders(Journal(world.journal), inet.aton(addr), int(port), 6, time.time_ns())
     assert [h.session.client for h in holders] == ["alice"]
+
+
+def test_100_mb_up_arrives_whole(world):
+    """An upload: the client's bytes go through the relay's write path (acknowledged only once the kernel
+    socket took them) and the server hashes what it received."""
+    world.start()
+    sent = world.probe("c1", "http_post", INTERNET_WWW, HTTP_PORT, "/upload", BIG, 90, timeout=100)
+    assert sent.get("status") == 200 and sent["bytes"] == BIG and sent["sha256"] == http_body_sha256(BIG), sent
+    assert until(lambda: _connections(world) == 0, 5)
+
+
+def _retransmission_timeouts(world, role: str) -> int:
+    """How many retransmission timeouts the kernel's TCP fired in namespace ``role`` (TcpExt TCPTimeouts)."""
+    lines = world.run(role, "cat", "/proc/net/netstat").stdout.splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=True):
+        if names.startswith("TcpExt:"):
+            return int(dict(zip(names.split(), values.split(), strict=True))["TCPTimeouts"])
+    raise AssertionError("no TcpExt counters in /proc/net/netstat")
+
+
+def test_100_mb_down_and_up_never_stall_past_the_initial_rto(world):
+    """A stall longer than RFC 6298's initial RTO (1 s) means a timer had to rescue the transfer (a loss,
+    or a window update nobody repaired at once): on this lossless path there must be none. Uploading,
+    the client's kernel is the sender, and its own count of retransmission timeouts says so directly
+    (a timer-rescued stall can be shorter than 1 s: Linux's RTO floor is 200 ms)."""
+    world.start()
+    down = world.probe("c1", "http_get", INTERNET_WWW, HTTP_PORT, f"/bytes/{BIG}", 90, timeout=100)
+    assert down.get("status") == 200 and down["sha256"] == http_body_sha256(BIG), down
+    timeouts = _retransmission_timeouts(world, "c1")
+    up = world.probe("c1", "http_post", INTERNET_WWW, HTTP_PORT, "/upload", BIG, 90, timeout=100)
+    timeouts = _retransmission_timeouts(world, "c1") - timeouts
+    ext = query(world.status_socket)["external"]
+    stats = {k: ext[k] for k in ("tcp_short_writes", "tcp_out_of_order")}
+    assert up.get("status") == 200 and up["sha256"] == http_body_sha256(BIG), (up, timeouts, stats)
+    print(f"\nlongest gap: down {down['max_gap_s']} s ({down['mbit_s']} Mbit/s), up {up['max_gap_s']} s "
+          f"({up['mbit_s']} Mbit/s, {timeouts} retransmission timeouts, relay {stats})")  # fmt: skip
+    assert down["max_gap_s"] < RTO_INITIAL_S, f"the download stalled {down['max_gap_s']} s between two reads"
+    assert up["max_gap_s"] < RTO_INITIAL_S, f"the upload stalled {up['max_gap_s']} s between two sends ({stats})"
+    assert timeouts == 0, f"the client's TCP needed {timeouts} retransmission timeouts to upload ({stats})"
+
+
+def test_a_remote_that_resets_mid_stream_resets_the_client_after_every_byte_it_sent(world):
+    """The remote aborts with a RST once the gateway's socket has acknowledged all its bytes: they are in
+    the gateway's kernel, which keeps a reset socket's received bytes readable; so the client must get
+    every one of them, then ECONNRESET (not a clean EOF, which would pass a cut stream off as whole)."""
+    world.start()
+    size = 2_000_000
+    got = world.probe("c1", "http_until_closed", INTERNET_WWW, HTTP_PORT, f"/reset/{size}", 20)
+    assert got.get("status") == 200 and got["end"] == "ECONNRESET", got
+    assert got["bytes"] == size and got["sha256"] == http_body_sha256(size), got
+    assert f"http reset after {size} bytes" in (world.dir / "internet.log").read_text()
+    assert query(world.status_socket)["external"]["tcp_remote_reset"] >= 1
+    assert until(lambda: _connections(world) == 0, 5)
+
+
+def _half_close_received(world) -> list[str]:
+    lines = (world.dir / "internet.log").read_text().splitlines()
+    return [ln for ln in lines if ln.startswith("http halfclose received ")]
+
+
+def test_a_remote_that_closes_first_still_gets_everything_the_client_sends_after(world):
+    """The server answers and sends its FIN first; the client, having read to that FIN, sends 1 MB more
+    and its own FIN: the relay must keep carrying the client's half (the remote's FIN is no end of the
+    connection), and the server logs what it received."""
+    world.start()
+    size = 1_000_000
+    sent = world.probe("c1", "http_after_server_fin", INTERNET_WWW, HTTP_PORT, size, 20)
+    assert sent.get("status") == 200 and sent["sent"] == size, sent
+    assert until(lambda: _half_close_received(world), 5), world.log_tail("internet")
+    (line,) = _half_close_received(world)
+    words = line.split()  # http halfclose received N bytes sha256 HEX from ADDR:PORT, no error after it
+    assert words[3:8] == [str(size), "bytes", "sha256", http_body_sha256(size), "from"] and len(words) == 9, line
+    assert until(lambda: _connections(world) == 0, 5)  # both FINs: the connection ends (after its linger)
+
+
+def test_a_client_that_half_closes_still_gets_the_whole_answer(world):
+    """GET, then the client's FIN before any answer: the relay shuts only the remote socket's write side,
+    and the 10 MB answer still arrives whole."""
+    world.start()
+    size = 10_000_000
+    got = world.probe("c1", "http_get", INTERNET_WWW, HTTP_PORT, f"/bytes/{size}", 20, True)
+    assert got.get("status") == 200 and got["bytes"] == size and got["sha256"] == http_body_sha256(size), got
+    assert until(lambda: _connections(world) == 0, 5)

@@ -291,3 +291,92 @@ def test_probe_is_bounded_in_size():
     with pytest.raises(ValueError, match="response head"):
         probes.http_get("127.0.0.1", port, "/")
     thread.join(5)
+
+
+# ------------------------------------------------------------------ the routes that act: upload, reset, half close
+@pytest.mark.parametrize(
+    ("method", "target", "action"),
+    [
+        ("POST", "/upload", ("upload", 0)),
+        ("POST", "/halfclose", ("halfclose", 0)),
+        ("GET", "/reset/0", ("reset", 0)),
+        ("GET", "/reset/5000", ("reset", 5000)),
+        ("GET", f"/reset/{(1 << 30) + 1}", None),  # over the bound: http_route's 404
+        ("GET", "/reset/abc", None),
+        ("GET", "/upload", None),
+        ("POST", "/upload/x", None),
+        ("POST", "/reset/10", None),
+        ("GET", "/bytes/10", None),  # the plain routes stay http_route's
+    ],
+)
+def test_action(method, target, action):
+    assert services.http_action(method, target) == action
+
+
+def test_upload_answers_the_sha256_of_what_it_received(http_server):
+    port, log = http_server
+    n = 3 * services.HTTP_CHUNK_SIZE + 7
+    result = probes.http_post("127.0.0.1", port, "/upload", n)
+    assert (result["status"], result["bytes"], result["sha256"]) == (200, n, services.http_body_sha256(n))
+    assert result["max_gap_s"] >= 0
+    _wait_for_log(log, f"http upload {n} bytes sha256 {services.http_body_sha256(n)} from 127.0.0.1:")
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status_line"),
+    [
+        (b"POST /upload HTTP/1.1\r\n\r\n", b"HTTP/1.1 411 Length Required"),
+        (b"POST /upload HTTP/1.1\r\nContent-Length: x\r\n\r\n", b"HTTP/1.1 400 Bad Request"),
+        (b"POST /upload HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nab", b"HTTP/1.1 400 Bad Request"),
+        (b"POST /upload HTTP/1.1\r\nContent-Length: " + str((1 << 30) + 1).encode() + b"\r\n\r\n",
+         b"HTTP/1.1 400 Bad Request"),  # fmt: skip
+        (b"POST /upload HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc", b"HTTP/1.1 200 OK"),
+    ],
+)
+def test_upload_requests(http_server, request_bytes, status_line):
+    answer = _raw(http_server[0], request_bytes)
+    assert answer.split(b"\r\n", 1)[0] == status_line
+    if status_line.endswith(b"200 OK"):
+        assert answer.partition(b"\r\n\r\n")[2] == hashlib.sha256(b"abc").hexdigest().encode() + b" 3\n"
+
+
+def test_an_upload_cut_short_is_logged_not_answered(http_server):
+    port, log = http_server
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"POST /upload HTTP/1.1\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+        s.shutdown(socket.SHUT_WR)
+        assert s.recv(100) == b""  # closed without an answer
+    _wait_for_log(log, "http upload ended after 10 of 100 bytes from 127.0.0.1:")
+
+
+def test_reset_sends_every_byte_then_a_rst(http_server):
+    n = 1_000_000
+    result = probes.http_until_closed("127.0.0.1", http_server[0], f"/reset/{n}")
+    assert result == {"status": 200, "bytes": n, "sha256": services.http_body_sha256(n), "end": "ECONNRESET"}
+    _wait_for_log(http_server[1], f"http reset after {n} bytes to 127.0.0.1:")
+
+
+def test_until_closed_reports_a_clean_end(http_server):
+    result = probes.http_until_closed("127.0.0.1", http_server[0], "/bytes/1000")
+    assert result == {"status": 200, "bytes": 1000, "sha256": services.http_body_sha256(1000), "end": "eof"}
+
+
+def test_halfclose_reads_on_after_its_fin(http_server):
+    port, log = http_server
+    n = 300_000
+    result = probes.http_after_server_fin("127.0.0.1", port, n)
+    assert result == {"status": 200, "answer_bytes": 0, "sent": n, "sha256": services.http_body_sha256(n)}
+    _wait_for_log(log, f"http halfclose received {n} bytes sha256 {services.http_body_sha256(n)} from 127.0.0.1:")
+
+
+def test_a_client_that_half_closes_gets_the_whole_answer(http_server):
+    n = 1_000_000
+    result = probes.http_get("127.0.0.1", http_server[0], f"/bytes/{n}", 10, True)
+    assert (result["status"], result["bytes"], result["sha256"]) == (200, n, services.http_body_sha256(n))
+
+
+def test_every_connection_is_logged_when_accepted(http_server):
+    port, log = http_server
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        me = f"127.0.0.1:{s.getsockname()[1]}"
+        _wait_for_log(log, f"http connection from {me}\n")
