@@ -36,7 +36,8 @@ back (``-R``, "down"), UDP with 64-byte datagrams (the figure is what the server
 round trips, the CPU the tunnel's own processes used per Gbit/s and the TCP retransmissions
 (``bench.lab.Bench``, shared with ``bench.tunnel``). For gw in socket mode, slirp4netns and pasta:
 the same TCP up and down runs, the CPU per Gbit/s of gw's two daemons or of the anchor's process, the
-retransmissions. The issue's target for socket mode: TCP at least slirp4netns's and at least half
+retransmissions, the three taken in turns (run r of each before run r+1 of any: a shared host's speed
+drifts over minutes, and turns keep the ratios fair). The issue's target for socket mode: TCP at least slirp4netns's and at least half
 pasta's, both ways (TARGET_SOCKET_RATIOS).
 
 Then new flows through gw's NAT with the journal on, in both audit modes (``[journal] audit``): in
@@ -659,6 +660,31 @@ def run_anchor(bench: Bench, tool: str) -> dict:
     return figures
 
 
+def run_socket_systems(world: LabWorld, names: list[str], seconds: float, runs: int) -> dict[str, dict]:
+    """gw in socket mode and the anchors, taken in turns: run r of each before run r+1 of any, so a
+    machine whose speed drifts over the minutes (a shared host: this one's varied by 2x in an hour)
+    moves all of them alike and their ratios hold. Each run's figures pooled into medians per system;
+    what is not a figure (counters, the anchor's interface) is the last run's."""
+    def one(name: str) -> dict:
+        if name == "gw-socket":
+            figures = run_gw_socket(Bench(world, seconds, 1, server_role="inet"))
+            for record in _gw_daemons(world):  # the anchors run alone
+                world.stop(record)
+            return figures
+        return run_anchor(Bench(world, seconds, 1, server_role="inet", client_role=ANCHOR_ROLE), name)
+
+    pooled: dict[str, dict[str, list[float]]] = {name: {} for name in names}
+    last: dict[str, dict] = {name: {} for name in names}
+    for _ in range(runs):
+        for name in names:
+            for key, value in one(name).items():
+                if isinstance(value, dict) and "runs" in value:
+                    pooled[name].setdefault(key, []).extend(value["runs"])
+                else:
+                    last[name][key] = value
+    return {name: {**{k: stats(v) for k, v in pooled[name].items()}, **last[name]} for name in names}
+
+
 def _flow_phase(world: LabWorld, spec: dict, timeout_s: float) -> dict:
     """Run the flow client in c1 (bounded, killed by its PID if it overruns); its JSON result."""
     argv = ["ip", "netns", "exec", world.ns["c1"], sys.executable, "-m", "bench.e2e", "--flow-client",
@@ -797,17 +823,13 @@ def main(argv: list[str] | None = None) -> int:
         if "flows" in systems:
             say("measuring new flows through gw's NAT, audit fast and strict ...")
             results["flows"] = run_flows(world, args.seconds, args.runs, args.in_flight, args.samples, say)
-        if "gw-socket" in systems:
-            say("measuring gw (socket external gateway), TCP ...")
-            results["gw-socket"] = run_gw_socket(Bench(world, args.seconds, args.runs, server_role="inet"))
         if GW_SYSTEMS & set(systems):
             for record in _gw_daemons(world):  # alone on the machine from here
                 world.stop(record)
-        for tool in ANCHORS:
-            if tool in systems:
-                say(f"measuring {tool} in the gateway namespace (MTU {ANCHOR_MTU}), TCP ...")
-                bench = Bench(world, args.seconds, args.runs, server_role="inet", client_role=ANCHOR_ROLE)
-                results[tool] = run_anchor(bench, tool)
+        socket_systems = [name for name in ("gw-socket", *ANCHORS) if name in systems]
+        if socket_systems:
+            say(f"measuring {', '.join(socket_systems)} in turns (anchors with MTU {ANCHOR_MTU}), TCP ...")
+            results.update(run_socket_systems(world, socket_systems, args.seconds, args.runs))
         if "wireguard-go" in systems:
             say("measuring wireguard-go + kernel masquerade ...")
             results["wireguard-go"] = run_wireguard(Bench(world, args.seconds, args.runs, server_role="inet"))

@@ -92,6 +92,8 @@ class TcpRelay:
         self._peeked = bytearray(PEEK_MAX)
         self._peeked_view = memoryview(self._peeked)
         self._outbox: list[bytearray] = []  # packets for the clients, sent once the loop's callback ends
+        self._pumps: dict[int, TcpConn] = {}  # connections to read on once the loop's callback ends
+        self._flush_due = False
 
     # ------------------------------------------------------------------ from the NAT
     def segment(self, ip: memoryview, sock: socket.socket | None, now: int) -> None:
@@ -261,7 +263,8 @@ class TcpRelay:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)  # close() sends a RST
                     self.counts["tcp_reset_sent"] += 1
             if pump and not conn.closed:
-                self._pump(conn, now)
+                self._pumps[id(conn)] = conn  # after the batch: one peek for all its acknowledgements
+                self._schedule()
         if conn.out:
             out, conn.out = conn.out, []
             self.counts["tcp_super_packets_out"] += sum(1 for pkt in out if pkt[1])  # gso_type: not NONE
@@ -293,11 +296,27 @@ class TcpRelay:
     def _send(self, packets: list[bytearray]) -> None:
         """Packets for the clients, gathered until the callback that made them ends: a batch of client
         segments (or of timers) then costs one write to each tunnel, not one per segment."""
-        if not self._outbox:
-            asyncio.get_running_loop().call_soon(self._flush)
         self._outbox += packets
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
+        """The end of a callback's batch: the connections whose client acknowledged bytes (or opened, or
+        timed out) read on once each, with all the room the batch made (a client acknowledges each
+        64 KB super-packet: a peek per acknowledgement would cost a system call and a pass through the
+        endpoint per 64 KB); then every packet for the clients, in one call."""
+        self._flush_due = False
+        now = self._now()
+        while self._pumps:
+            conns, self._pumps = self._pumps, {}
+            for key, conn in conns.items():
+                if key in self._socks and not conn.closed:
+                    self._pump(conn, now)
+                    self._after(conn, now)
         out, self._outbox = self._outbox, []
         if out:
             self._on_packet(out, True)

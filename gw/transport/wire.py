@@ -143,7 +143,7 @@ def keepalive() -> bytes:
 # ---------------------------------------------------------------------------------------- packets
 
 
-def encode_packets(packets: list, vnet: bool = False) -> bytearray:
+def encode_packets(packets: list, vnet: bool = False) -> bytes:
     """``PACKETS`` frames holding ``packets`` (bytes-like; each with its vnet header when ``vnet``), as
     many as the limits need (MAX_PAYLOAD bytes, MAX_PACKETS_PER_FRAME packets each), in one contiguous
     buffer: the TLS layer then seals the whole batch in as few records as it can, with one write.
@@ -162,19 +162,14 @@ def encode_packets(packets: list, vnet: bool = False) -> bytearray:
             first, size = i, 0
         size += 4 + n
     cuts.append((first, len(packets), size))
-    out = bytearray(HEADER_LEN * len(cuts) + sum(c[2] for c in cuts))
     flags = VNET if vnet else 0
-    pack_len, pack_header = _LEN.pack_into, HEADER.pack_into
-    at = 0
+    parts: list = []  # joined once: no zero-filled buffer first (a batch of super-packets is megabytes)
     for first, end, size in cuts:
-        pack_header(out, at, PACKETS, flags, end - first, size)
-        at += HEADER_LEN
+        parts.append(HEADER.pack(PACKETS, flags, end - first, size))
         for p in packets[first:end]:
-            n = len(p)
-            pack_len(out, at, n)
-            out[at + 4 : at + 4 + n] = p
-            at += 4 + n
-    return out
+            parts.append(_LEN.pack(len(p)))
+            parts.append(p)
+    return b"".join(parts)
 
 
 def split_packets(payload: memoryview, count: int, vnet: bool) -> list[memoryview]:
