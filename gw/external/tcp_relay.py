@@ -93,6 +93,7 @@ class TcpRelay:
         self._peeked_view = memoryview(self._peeked)
         self._outbox: list[bytearray] = []  # packets for the clients, sent once the loop's callback ends
         self._pumps: dict[int, TcpConn] = {}  # connections to read on once the loop's callback ends
+        self._acked: dict[int, int] = {}  # bytes the client acknowledged, still to drop from the socket
         self._flush_due = False
 
     # ------------------------------------------------------------------ from the NAT
@@ -244,13 +245,15 @@ class TcpRelay:
             pump = False
             for event in events:
                 kind = event[0]
-                if kind == "acked":
-                    self._consume(sock, event[1])
+                if kind == "acked":  # dropped from the socket after the batch, with the batch's others
+                    self._acked[id(conn)] = self._acked.get(id(conn), 0) + event[1]
                     pump = True
                 elif kind == "rewind":
+                    self._consume(conn, sock)
                     sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
                     pump = True
                 elif kind == "resend":  # the first unacknowledged bytes again, then back to the peek offset
+                    self._consume(conn, sock)
                     self._resend(conn, sock, event[1], now)
                 elif kind == "open":
                     pump = True
@@ -274,9 +277,10 @@ class TcpRelay:
         else:
             self.table.touch(conn)
 
-    def _consume(self, sock: socket.socket, n: int) -> None:
-        """Drop ``n`` acknowledged bytes from the socket, not copied (TCP's ``MSG_TRUNC``); the kernel
-        moves the peek offset back with them."""
+    def _consume(self, conn: TcpConn, sock: socket.socket) -> None:
+        """Drop the bytes the client acknowledged from the socket, not copied (TCP's ``MSG_TRUNC``); the
+        kernel moves the peek offset back with them."""
+        n = self._acked.pop(id(conn), 0)
         try:
             while n > 0:
                 n -= sock.recv_into(self._peeked, min(n, len(self._peeked)), socket.MSG_TRUNC) or n
@@ -315,6 +319,7 @@ class TcpRelay:
             conns, self._pumps = self._pumps, {}
             for key, conn in conns.items():
                 if key in self._socks and not conn.closed:
+                    self._consume(conn, self._socks[key])
                     self._pump(conn, now)
                     self._after(conn, now)
         out, self._outbox = self._outbox, []
@@ -329,6 +334,7 @@ class TcpRelay:
         sock = self._socks.pop(id(conn), None)
         self._by_port.pop(conn.client[1], None)
         self._reading.discard(id(conn))
+        self._acked.pop(id(conn), None)
         self.table.remove(conn)
         if sock is not None:
             loop = asyncio.get_running_loop()
