@@ -348,14 +348,14 @@ class TcpConn:
             self._emit(self.fin_seq, P.TCP_FIN | P.TCP_ACK_FLAG)
             return
         end = self.fin_seq if self.fin_seq is not None else self.snd_max
-        n = min((end - self.snd_una) & M32, self.mss)
+        n = min((end - self.snd_una) & M32, self.gso_bytes)  # a whole super-packet: losses come in 64 KB units
         if n and seq_lt(self.snd_una, self.snd_nxt):
             self.events.append(("resend", n))
 
     def resend(self, data: bytes | memoryview, now: int) -> None:
         """The bytes at ``snd_una`` the shell peeked for a ``("resend", n)``: sent again, ``snd_nxt`` kept."""
         if data and self.state == OPEN:
-            self._emit(self.snd_una, P.TCP_ACK_FLAG | P.TCP_PSH, memoryview(data)[: self.mss])
+            self._emit(self.snd_una, P.TCP_ACK_FLAG | P.TCP_PSH, memoryview(data)[: self.gso_bytes])
 
     def _loss(self, now: int, timeout: bool) -> None:
         """A retransmission timeout: back to ``snd_una`` with one segment's window; the shell peeks again

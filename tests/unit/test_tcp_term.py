@@ -221,6 +221,20 @@ def test_three_duplicate_acks_resend_the_first_missing_segment_once_and_halve_th
     assert events(conn) == [("acked", 2 * 1360)] and conn.recover is None and conn.cwnd == conn.ssthresh
 
 
+def test_with_super_packets_a_fast_retransmission_resends_a_whole_one():
+    """Losses toward a client with offloads come in super-packets (a full tunnel queue drops whole
+    ones): resending one MSS per round trip would leave the rest to the retransmission timer."""
+    conn = opened(gso_segments=64, window=65535)
+    conn.send(b"e" * (4 * conn.gso_bytes), T0)
+    sent(conn)
+    for _ in range(1 + C.DUP_ACKS):
+        conn.on_segment(client_segment(ISN + 1, ISS + 1 + conn.gso_bytes, window=65535), T0)
+    assert events(conn) == [("acked", conn.gso_bytes), ("resend", conn.gso_bytes)]
+    conn.resend(b"e" * conn.gso_bytes, T0)
+    (again,) = sent(conn)
+    assert again.seq == ISS + 1 + conn.gso_bytes and len(again.data) == conn.gso_bytes
+
+
 def test_a_timeout_rewinds_to_one_segment_and_backs_off_then_gives_up():
     conn = opened(window=65535)
     conn.send(b"d" * 5000, T0)
