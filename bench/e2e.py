@@ -37,8 +37,9 @@ round trips, the CPU the tunnel's own processes used per Gbit/s and the TCP retr
 (``bench.lab.Bench``, shared with ``bench.tunnel``). For gw in socket mode, slirp4netns and pasta:
 the same TCP up and down runs, the CPU per Gbit/s of gw's two daemons or of the anchor's process, the
 retransmissions, the three taken in turns (run r of each before run r+1 of any: a shared host's speed
-drifts over minutes, and turns keep the ratios fair). The issue's target for socket mode: TCP at least slirp4netns's and at least half
-pasta's, both ways (TARGET_SOCKET_RATIOS).
+drifts over minutes), and their ratios the median of the ratios run by run (``paired_ratio``). The
+issue's target for socket mode: TCP at least slirp4netns's and at least half pasta's, both ways
+(TARGET_SOCKET_RATIOS).
 
 Then new flows through gw's NAT with the journal on, in both audit modes (``[journal] audit``): in
 ``fast`` a new flow's first packet leaves at once; in ``strict`` it waits until its ``MappingCreated``
@@ -71,6 +72,7 @@ import select
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -156,6 +158,15 @@ def ratio(a: dict | None, b: dict | None) -> float | None:
     return a["median"] / b["median"]
 
 
+def paired_ratio(a: dict | None, b: dict | None) -> float | None:
+    """For two systems measured in turns (``run_socket_systems``): the median of the ratios run by run,
+    each of a pair taken within the same minute, so a host whose speed drifts between rounds (seen
+    here: 4x within one bench) cancels out; the ratio of the medians when the runs do not pair."""
+    if not a or not b or len(a["runs"]) != len(b["runs"]) or not all(b["runs"]):
+        return ratio(a, b)
+    return statistics.median(x / y for x, y in zip(a["runs"], b["runs"], strict=True))
+
+
 def ratios(results: dict) -> dict[str, float]:
     """gw over wireguard-go and over the kernel, gw's socket mode over each anchor, strict over fast:
     every ratio the results allow."""
@@ -169,7 +180,7 @@ def ratios(results: dict) -> dict[str, float]:
     for key in SOCKET_KEYS:
         for name in ANCHORS:
             other = results.get(name)
-            r = ratio(sock and sock.get(key), other and other.get(key))
+            r = paired_ratio(sock and sock.get(key), other and other.get(key))
             if r is not None:
                 found[f"gw_socket_over_{name}_{key}"] = r
     flows = results.get("flows", {})

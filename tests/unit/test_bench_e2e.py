@@ -166,6 +166,18 @@ def test_socket_config_is_the_labs_socket_mode_gateway(tmp_path) -> None:
         e2e.socket_config('[tunnel]\nlisten = "0.0.0.0:8443"\n', tmp_path / "j")
 
 
+def test_paired_ratio_is_the_median_of_the_run_by_run_ratios() -> None:
+    """A host twice as slow in the last rounds slows both systems alike: the pairs keep the ratio."""
+    gw = stats([2000.0, 2000.0, 1000.0, 1000.0, 1000.0])
+    anchor = stats([1000.0, 1000.0, 500.0, 500.0, 500.0])
+    assert e2e.paired_ratio(gw, anchor) == 2.0
+    assert e2e.ratio(gw, anchor) == 2.0  # here the medians agree; with a drift between systems they do not
+    drifted = stats([4000.0, 4000.0, 4000.0, 500.0, 500.0])  # measured while the host was fast, then slow
+    gw_same_time = stats([2000.0, 2000.0, 2000.0, 250.0, 250.0])
+    assert e2e.paired_ratio(gw_same_time, drifted) == 0.5
+    assert e2e.paired_ratio(gw, stats([1.0, 2.0])) == e2e.ratio(gw, stats([1.0, 2.0]))  # unpaired: medians
+
+
 def test_socket_target_needs_every_ratio_and_each_floor() -> None:
     found = {f"gw_socket_over_{name}_{key}": 1.0 for name in e2e.ANCHORS for key in ("tcp_up", "tcp_down")}
     assert e2e.socket_target(found)["met"] is True
