@@ -14,14 +14,14 @@ filtering and counters apply unchanged, and ``gw-audit who`` answers for these p
 - A SYN starts a non-blocking ``connect()``; connected: the SYN-ACK; refused, unreachable or timed out:
   a RST to the client (``connect_failed``).
 - Client to remote: the in-order payload is written to the socket; what it took is acknowledged, the
-  window advertised is its free send buffer (``SO_SNDBUF`` minus ``SIOCOUTQ``), and a full buffer is
-  watched for room (a window update follows).
+  window advertised is what its send buffer surely takes (``_space``: payload bytes and the kernel's
+  memory accounting both), and a full buffer is watched for room (a window update follows).
 - Remote to client: bytes are peeked (``MSG_PEEK`` with ``SO_PEEK_OFF``) and consumed only when the
   client acknowledges them, so retransmissions read them again from the kernel (a fast retransmission
-  peeks at offset 0 and puts the offset back). The socket is watched
-  for reading only while nothing is in flight (then readable means new bytes or the remote's FIN);
-  with bytes in flight, each acknowledgement reads on (a level-triggered loop would otherwise wake
-  on the bytes already peeked).
+  peeks at offset 0 and puts the offset back). The socket is watched for reading only while nothing
+  is in flight (then readable means new bytes or the remote's FIN); with bytes in flight, each batch
+  of acknowledgements reads on (a level-triggered loop would otherwise wake on the bytes already
+  peeked).
 - Closing: the client's FIN is ``shutdown(SHUT_WR)``; the remote's FIN (a peek of nothing) is a FIN
   to the client; a client RST closes the socket with a RST (``SO_LINGER`` 0); a remote RST is a RST
   to the client.
