@@ -298,25 +298,23 @@ def _read_head(s: socket.socket, buf: memoryview, deadline: float, gaps: _Gaps |
 
 
 def _send(s: socket.socket, view: memoryview, deadline: float) -> int:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError("the upload ran out of time")
-    s.settimeout(left)
-    try:
-        return s.send(view)
-    except TimeoutError:
-        raise TimeoutError("the upload ran out of time") from None
+    return _before(deadline, "upload", s, s.send, view)
 
 
 def _recv_into(s: socket.socket, view: memoryview, deadline: float) -> int:
+    return _before(deadline, "download", s, s.recv_into, view)
+
+
+def _before(deadline: float, what: str, s: socket.socket, call, view: memoryview) -> int:
+    """``call(view)`` on ``s`` with what is left of ``deadline``; TimeoutError naming ``what`` after it."""
     left = deadline - time.monotonic()
     if left <= 0:
-        raise TimeoutError("the download ran out of time")
+        raise TimeoutError(f"the {what} ran out of time")
     s.settimeout(left)
     try:
-        return s.recv_into(view)
+        return call(view)
     except TimeoutError:
-        raise TimeoutError("the download ran out of time") from None
+        raise TimeoutError(f"the {what} ran out of time") from None
 
 
 def _http_head(head: bytes) -> tuple[int, int | None]:
