@@ -143,10 +143,11 @@ def lab_tag() -> str:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[Any]:
+def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     """A built (not started) ``gw.lab.world.LabWorld`` of its own, the gateway in socket mode, taken down
-    however the test ends; its processes' logs are printed at the end (pytest shows them on failure)."""
-    yield from _world(tmp_path, "socket")
+    however the test ends; its processes' logs are printed at the end (pytest shows them on failure).
+    The clients' TUN offloads on unless the test parametrizes it indirectly with False."""
+    yield from _world(tmp_path, "socket", getattr(request, "param", True))
 
 
 @pytest.fixture

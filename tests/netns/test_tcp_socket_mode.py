@@ -233,3 +233,19 @@ def test_a_client_that_half_closes_still_gets_the_whole_answer(world):
     got = world.probe("c1", "http_get", INTERNET_WWW, HTTP_PORT, f"/bytes/{size}", 20, True)
     assert got.get("status") == 200 and got["bytes"] == size and got["sha256"] == http_body_sha256(size), got
     assert until(lambda: _connections(world) == 0, 5)
+
+
+@pytest.mark.parametrize("world", [False], indirect=True, ids=["no-offloads"])
+def test_a_client_without_offloads_gets_plain_segments_both_ways(world):
+    """The endpoint makes 64 KB super-packets; a session whose TUN takes no offloads gets them cut into
+    plain, checksummed segments by the daemon (its kernel would drop anything else), and sends plain
+    ones itself."""
+    world.start()
+    size = 20_000_000
+    down = world.probe("c1", "http_get", INTERNET_WWW, HTTP_PORT, f"/bytes/{size}", 60, timeout=70)
+    assert down.get("status") == 200 and down["sha256"] == http_body_sha256(size), down
+    up = world.probe("c1", "http_post", INTERNET_WWW, HTTP_PORT, "/upload", size, 60, timeout=70)
+    assert up.get("status") == 200 and up["sha256"] == http_body_sha256(size), up
+    status = query(world.status_socket)
+    assert status["external"]["tcp_super_packets_out"] > 0 and status["counts"].get("segmented", 0) > 0, status
+    assert status["external"]["tcp_super_packets_in"] == 0  # the client's TUN made no TSO packets
