@@ -339,6 +339,7 @@ async def _upload(length: int, reader: asyncio.StreamReader, writer: asyncio.Str
         _log(f"http upload ended after {got} of {length} bytes from {who}: {error or 'closed'}")
         writer.close()
         return
+        return
     _log(f"http upload {got} bytes sha256 {sha} from {who}")
     body = f"{sha} {got}\n".encode("ascii")
     await _answer(reader, writer, who, 200, len(body), body)
