@@ -81,7 +81,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.harness import emit_json, out
-from bench.lab import Bench, cpu_ticks, fmt, retransmits, stats, tcp_mbit, wireguard
+from bench.lab import Bench, cpu_ticks, fmt, stats, wireguard
 from gw.lab.world import (
     COMMAND_TIMEOUT_S,
     ECHO_PORT,
@@ -559,12 +559,7 @@ def measure_tcp(bench: Bench, daemons: list[int]) -> dict:
     keys = ("tcp_up", "tcp_down", "cpu_s_per_gbit", "tcp_retransmits")
     samples: dict[str, list[float]] = {key: [] for key in keys}
     for _ in range(bench.runs):
-        for key, args in (("tcp_up", ()), ("tcp_down", ("-R",))):
-            r = bench.iperf(INTERNET_HOST, *args, daemons=daemons)
-            samples[key].append(tcp_mbit(r))
-            samples["tcp_retransmits"].append(retransmits(r))
-            gbit = tcp_mbit(r) * bench.seconds / 1e3
-            samples["cpu_s_per_gbit"].append(r["daemon_cpu_s"] / gbit if gbit else float("nan"))
+        bench.tcp_both_ways(INTERNET_HOST, daemons, samples)
     return {k: stats(v) for k, v in samples.items()}
 
 

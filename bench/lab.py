@@ -125,17 +125,22 @@ class Bench:
         result["daemon_cpu_s"] = cpu_s
         return result
 
+    def tcp_both_ways(self, server_ip: str, daemons: list[int], samples: dict[str, list[float]]) -> None:
+        """One TCP run up and one down (``-R``): their rates, retransmissions and the daemons' CPU per
+        Gbit/s appended to ``samples`` (keys tcp_up, tcp_down, tcp_retransmits, cpu_s_per_gbit)."""
+        for key, args in (("tcp_up", ()), ("tcp_down", ("-R",))):
+            r = self.iperf(server_ip, *args, daemons=daemons)
+            samples[key].append(tcp_mbit(r))
+            samples["tcp_retransmits"].append(retransmits(r))
+            gbit = tcp_mbit(r) * self.seconds / 1e3
+            samples["cpu_s_per_gbit"].append(r["daemon_cpu_s"] / gbit if gbit else float("nan"))
+
     def measure(self, server_ip: str, daemons: list[int]) -> dict:
         """TCP up and down, UDP 64 B, RTT: medians and spreads over the runs."""
         samples: dict[str, list[float]] = {"tcp_up": [], "tcp_down": [], "udp64_pps": [], "cpu_s_per_gbit": [],
                                            "tcp_retransmits": []}  # fmt: skip
         for _ in range(self.runs):
-            for key, args in (("tcp_up", ()), ("tcp_down", ("-R",))):
-                r = self.iperf(server_ip, *args, daemons=daemons)
-                samples[key].append(tcp_mbit(r))
-                samples["tcp_retransmits"].append(retransmits(r))
-                gbit = tcp_mbit(r) * self.seconds / 1e3
-                samples["cpu_s_per_gbit"].append(r["daemon_cpu_s"] / gbit if gbit else float("nan"))
+            self.tcp_both_ways(server_ip, daemons, samples)
             r = self.iperf(server_ip, "-u", "-l", "64", "-b", "0", daemons=daemons)
             samples["udp64_pps"].append(udp_received_pps(r))
         ping = self.world.probe(self.client_role, "ping", server_ip, 20)
