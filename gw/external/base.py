@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from typing import Protocol
+
+SO_RCVBUFFORCE = 33  # as SO_RCVBUF, past net.core.rmem_max; needs CAP_NET_ADMIN
+SO_SNDBUFFORCE = 32
 
 # packets from the internet, to public endpoints, for the NAT; a batch at a time, each starting with a
 # virtio-net header when the gateway's ``vnet`` is true, or when the call's second argument (optional)
@@ -40,3 +44,14 @@ class ExternalGateway(Protocol):
 
     def stop(self) -> None:
         """Release everything."""
+
+
+def set_buffers(sock: socket.socket, receive: int, send: int) -> None:
+    """Fixed kernel buffers of ``receive`` and ``send`` bytes (no autotuning). The FORCE options pass
+    the sysctl caps (net.core.rmem_max and wmem_max: 208 KiB on a stock kernel) but need
+    CAP_NET_ADMIN; without it (EPERM) the plain ones, which the kernel caps there."""
+    for force, plain, size in ((SO_RCVBUFFORCE, socket.SO_RCVBUF, receive), (SO_SNDBUFFORCE, socket.SO_SNDBUF, send)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, plain, size)

@@ -55,7 +55,7 @@ from gw import inet
 from gw import vnet as V
 from gw.errors import GwError
 from gw.external import link as L
-from gw.external.base import OnPacket
+from gw.external.base import SO_RCVBUFFORCE, SO_SNDBUFFORCE, OnPacket, set_buffers  # noqa: F401 (the tests refuse them by name)
 from gw.nat import Nat
 from gw.rearm import rearm
 
@@ -68,8 +68,6 @@ PACKET_MR_UNICAST = 3
 PACKET_VNET_HDR = 15
 PACKET_IGNORE_OUTGOING = 23
 SO_ATTACH_FILTER = 26
-SO_RCVBUFFORCE = 33  # as SO_RCVBUF, past net.core.rmem_max; needs CAP_NET_ADMIN
-SO_SNDBUFFORCE = 32
 SIOCGIFMTU = 0x8921  # linux/sockios.h
 _IFREQ = struct.Struct("16si20x")  # struct ifreq: name, then ifr_mtu in the 24-byte union
 # receive errors after which the batch ends (the interface is down or gone: reading on only spins);
@@ -151,7 +149,7 @@ class RawGateway:
         try:
             sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
             sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-            _set_buffers(sock)
+            set_buffers(sock, SOCKET_BUFFER, SOCKET_BUFFER)
             _attach_filter(sock, program)
             sock.bind((self.interface, L.ETH_P_ALL))  # last: from here frames arrive, filtered
             sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP,
@@ -316,16 +314,6 @@ class RawGateway:
         """The gateway for the status socket: its interface and the link (its MAC, the next hop and the
         next hop's MAC; see ``Link.describe``)."""
         return {"interface": self.interface, **(self.link.describe() if self.link else {})}
-
-
-def _set_buffers(sock: socket.socket) -> None:
-    """``SOCKET_BUFFER`` bytes each way. The FORCE options pass the sysctl caps but need CAP_NET_ADMIN;
-    without it (EPERM) the plain ones, which the kernel caps at net.core.rmem_max and wmem_max."""
-    for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
-        except PermissionError:
-            sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
 
 
 def _attach_filter(sock: socket.socket, program: bytes) -> None:

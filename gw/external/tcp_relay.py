@@ -32,19 +32,23 @@ filtering and counters apply unchanged, and ``gw-audit who`` answers for these p
   ``tcp_super_packets_out``.
 - Limits: connections per client and in total (``gw.tcp_term.table``), and descriptors (the socket
   gateway's ``max_sockets``, which counts these sockets too), each refusal a RST to the client,
-  counted. Buffer bytes: user space holds none of either stream; each socket's send buffer is fixed
-  at ``SOCKET_BUFFER`` (``SO_SNDBUF``; the kernel doubles it for its bookkeeping) and the window it
-  offers the remote is clamped to it (``TCP_WINDOW_CLAMP``), so a connection holds at most about
-  ``SOCKET_BUFFER`` of stream each way in the kernel, and a client at most its connection limit
-  times that. The fixed send buffer also makes the window the client sees (its free room) a true
-  one: an autotuned buffer starts at 16 KB and grows only with the remote path, which held the
-  client at a few hundred Mbit/s in the lab; the receive side keeps the kernel's autotuning, under
-  the clamp (a fixed receive buffer cost retransmissions from the remote in the lab).
+  counted. Buffer bytes: user space holds none of either stream; the kernel holds it, in fixed
+  buffers (``set_buffers``: no autotuning), so a connection holds at most ``SOCKET_BUFFER`` of the
+  client's stream and about twice ``RECEIVE_BUFFER`` of the remote's (the kernel doubles the size
+  set, for its bookkeeping, and counts big segments' payload nearly whole against it), and a client
+  at most its connection limit times that. The receive window the remote sees is also clamped to ``SOCKET_BUFFER``
+  (``TCP_WINDOW_CLAMP``), but a clamp alone bounds nothing here: the window counts from the last
+  byte received, not the last byte consumed, and the peeked bytes wait in the buffer until the client
+  acknowledges them, so under autotuning one download held 32 MiB in its socket in the lab.
+  ``RECEIVE_BUFFER`` covers what is in flight to the client (2 MiB held downloads about 10% lower in
+  the lab). The fixed send buffer makes the window the
+  client sees (its free room) a true one: an autotuned buffer starts at 16 KB and grows only with the
+  remote path, which held the client at a few hundred Mbit/s in the lab.
 - Batching: what a batch of client segments asks for is done once the loop's callback ends
   (``_flush``): the acknowledged bytes dropped from each socket in one call, one peek per connection
-  for all the room the batch made, and one write of every packet to the tunnels. A client
-  acknowledges each 64 KB super-packet; a system call and a pass through here per acknowledgement
-  was what held the downloads back.
+  for all the room the batch made, and the packets written to the tunnels together, in writes of up
+  to ``TUNNEL_CHUNK`` bytes. A client acknowledges each 64 KB super-packet; a system call and a pass
+  through here per acknowledgement was what held the downloads back.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ import struct
 from gw import inet
 from gw import packet as P
 from gw import vnet as V
+from gw.external.base import set_buffers
 from gw.tcp_term import segment as S
 from gw.tcp_term.conn import TcpConn
 from gw.tcp_term.table import Terminations
@@ -67,7 +72,11 @@ log = logging.getLogger("gw.external")
 SO_PEEK_OFF = getattr(socket, "SO_PEEK_OFF", 42)  # asm-generic/socket.h
 SIOCOUTQ = 0x5411  # linux/sockios.h (TIOCOUTQ): bytes not yet acknowledged by the remote
 SOCKET_BUFFER = 2 << 20  # each relayed socket's send buffer and receive window clamp (see Limits above)
+RECEIVE_BUFFER = 4 << 20  # and its receive buffer: the window clamp does not bound it (see Limits above)
 PEEK_MAX = 1 << 18  # bytes peeked per read
+# bytes of packets written to the tunnels at once: a window's worth (megabytes) in one write went through
+# TLS and its buffers out of the cache, and ran about 10% slower in the lab than writes of this size
+TUNNEL_CHUNK = 1 << 18
 GSO_SEGMENTS = 64  # per super-packet to the client: as many as one IPv4 packet holds (TcpConn caps it)
 _INT = struct.Struct("i")
 SO_MEMINFO = 55  # asm-generic/socket.h: the socket's memory counters (linux/sock_diag.h SK_MEMINFO_*)
@@ -95,6 +104,7 @@ class TcpRelay:
         self._peeked = bytearray(PEEK_MAX)
         self._peeked_view = memoryview(self._peeked)
         self._outbox: list[bytearray] = []  # packets for the clients, sent once the loop's callback ends
+        self._outbox_bytes = 0
         self._pumps: dict[int, TcpConn] = {}  # connections to read on once the loop's callback ends
         self._acked: dict[int, int] = {}  # bytes the client acknowledged, still to drop from the socket
         self._flush_due = False
@@ -148,7 +158,7 @@ class TcpRelay:
             return
         conn = made
         self._socks[id(conn)], self._by_port[seg.sport] = sock, conn
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+        set_buffers(sock, RECEIVE_BUFFER, SOCKET_BUFFER)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP, SOCKET_BUFFER)
         err = sock.connect_ex((inet.ntoa(seg.dst), seg.dport))
         if err not in (0, errno.EINPROGRESS):
@@ -219,6 +229,7 @@ class TcpRelay:
                 conn.remote_eof(now)
                 break
             conn.send(self._peeked_view[:n], now)  # copied into its segments at once: the buffer is free again
+            self._take_out(conn)
         self._watch(conn, sock)
 
     def _watch(self, conn: TcpConn, sock: socket.socket | None) -> None:
@@ -271,10 +282,7 @@ class TcpRelay:
             if pump and not conn.closed:
                 self._pumps[id(conn)] = conn  # after the batch: one peek for all its acknowledgements
                 self._schedule()
-        if conn.out:
-            out, conn.out = conn.out, []
-            self.counts["tcp_super_packets_out"] += sum(1 for pkt in out if pkt[1])  # gso_type: not NONE
-            self._send(out)
+        self._take_out(conn)
         if conn.closed:
             self._drop(conn)
         else:
@@ -300,11 +308,27 @@ class TcpRelay:
             return  # the remote reset: its next read says so
         conn.resend(data, now)
 
+    def _take_out(self, conn: TcpConn) -> None:
+        if conn.out:
+            out, conn.out = conn.out, []
+            self.counts["tcp_super_packets_out"] += sum(1 for pkt in out if pkt[1])  # gso_type: not NONE
+            self._send(out)
+
     def _send(self, packets: list[bytearray]) -> None:
-        """Packets for the clients, gathered until the callback that made them ends: a batch of client
-        segments (or of timers) then costs one write to each tunnel, not one per segment."""
+        """Packets for the clients, gathered until the callback that made them ends, or until they make
+        ``TUNNEL_CHUNK`` bytes: a batch of client segments (or of timers) costs one write to each
+        tunnel, not one per segment, and a large one is written while its bytes are still in the cache."""
         self._outbox += packets
-        self._schedule()
+        self._outbox_bytes += sum(map(len, packets))
+        if self._outbox_bytes >= TUNNEL_CHUNK:
+            self._write_out()
+        else:
+            self._schedule()
+
+    def _write_out(self) -> None:
+        out, self._outbox, self._outbox_bytes = self._outbox, [], 0
+        if out:
+            self._on_packet(out, True)
 
     def _schedule(self) -> None:
         if not self._flush_due:
@@ -315,7 +339,7 @@ class TcpRelay:
         """The end of a callback's batch: the connections whose client acknowledged bytes (or opened, or
         timed out) read on once each, with all the room the batch made (a client acknowledges each
         64 KB super-packet: a peek per acknowledgement would cost a system call and a pass through the
-        endpoint per 64 KB); then every packet for the clients, in one call."""
+        endpoint per 64 KB); then the packets for the clients not yet written (``_send``)."""
         self._flush_due = False
         now = self._now()
         while self._pumps:
@@ -325,9 +349,7 @@ class TcpRelay:
                     self._consume(conn, self._socks[key])
                     self._pump(conn, now)
                     self._after(conn, now)
-        out, self._outbox = self._outbox, []
-        if out:
-            self._on_packet(out, True)
+        self._write_out()
 
     def _remote_reset(self, conn: TcpConn) -> None:
         self.counts["tcp_remote_reset"] += 1

@@ -5,12 +5,15 @@ kernel TCP is the oracle: transfers complete with the right sha256."""
 from __future__ import annotations
 
 import json
+import re
 import sys
+import threading
 import time
 
 import pytest
 
 from gw import inet
+from gw.external.tcp_relay import RECEIVE_BUFFER
 from gw.lab.services import http_body_sha256
 from gw.lab.world import ECHO_PORT, HTTP_PORT, INTERNET_HOST, INTERNET_WWW
 from gw.status import query
@@ -133,6 +136,27 @@ def test_a_slow_reader_holds_the_gateway_s_memory_flat(world):
     digest = (world.dir / "slow.log").read_text().split()[-1]
     assert digest == http_body_sha256(20_000_000)
     assert peak - before < 16 << 20, f"RSS grew by {(peak - before) >> 20} MiB"
+
+
+def test_a_fast_download_holds_no_more_than_the_receive_buffer_in_the_gateway_s_kernel(world):
+    """The peeked bytes wait in the relay's socket until the client acknowledges them: its fixed receive
+    buffer bounds them (the kernel doubles the size set). Under the kernel's autotuning a download
+    held 32 MiB there, whatever the window clamp."""
+    world.start()
+    done: dict = {}
+    download = threading.Thread(target=lambda: done.update(world.probe(
+        "c1", "http_get", INTERNET_WWW, HTTP_PORT, f"/bytes/{5 * BIG}", 90, timeout=100)))  # fmt: skip
+    download.start()
+    held, limit = 0, 0  # the relay's socket to the web server: its Recv-Q (bytes not yet consumed), and
+    while download.is_alive():  # the most the kernel lets it hold (skmem rb: its receive buffer)
+        out = world.run("gw", "ss", "-tnmH", "dst", f"{INTERNET_WWW}:{HTTP_PORT}").stdout
+        held = max([held] + [int(x) for x in re.findall(r"^ESTAB\s+(\d+)", out, re.M)])
+        limit = max([limit] + [int(x) for x in re.findall(r"\brb(\d+)", out)])
+        time.sleep(0.05)
+    download.join()
+    assert done.get("status") == 200 and done["sha256"] == http_body_sha256(5 * BIG), done
+    assert 0 < held <= 2 * RECEIVE_BUFFER + (1 << 20), f"the relay's socket held {held} bytes"
+    assert limit == 2 * RECEIVE_BUFFER, f"the relay's socket may hold {limit} bytes"
 
 
 def test_strict_audit_a_connection_goes_through_and_its_public_port_is_journaled(world):
