@@ -158,16 +158,16 @@ class SocketGateway:
             return
         proto, l4 = pkt[P.IP_PROTO], (pkt[0] & 15) * 4
         total = P.get_u16(pkt, P.IP_TOTAL_LEN)[0]
+        if proto == P.PROTO_TCP and self.relay is not None:
+            fresh = self._fresh_tcp.pop(P.get_u16(pkt, l4)[0], None) if len(pkt) > l4 + 1 else None
+            self.relay.segment(memoryview(pkt)[:total], fresh, now)
+            return
         dst = inet.ntoa(P.get_u32(pkt, P.IP_DST)[0])
         if proto == P.PROTO_UDP:
             sport, dport = _UDP_HEAD.unpack_from(pkt, l4)
             key, payload, where = (proto, sport), pkt[l4 + 8 : total], (dst, dport)
         elif proto == P.PROTO_ICMP:
             key, payload, where = (proto, P.get_u16(pkt, l4 + 4)[0]), pkt[l4:total], (dst, 0)
-        elif proto == P.PROTO_TCP and self.relay is not None:
-            fresh = self._fresh_tcp.pop(P.get_u16(pkt, l4)[0], None) if len(pkt) > l4 + 1 else None
-            self.relay.segment(memoryview(pkt)[:total], fresh, now)
-            return
         else:
             return
         sock = self._socks.get(key) or self._rebind(*key, P.get_u32(pkt, P.IP_SRC)[0])
