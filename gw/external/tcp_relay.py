@@ -45,9 +45,8 @@ filtering and counters apply unchanged, and ``gw-audit who`` answers for these p
   client sees (its free room) a true one: an autotuned buffer starts at 16 KB and grows only with the
   remote path, which held the client at a few hundred Mbit/s in the lab.
 - Batching: what a batch of client segments asks for is done once the loop's callback ends
-  (``_flush``): the acknowledged bytes dropped from each socket in one call once they make
-  ``CONSUME_STEP`` (or nothing is left in flight; a retransmission and ``close()`` drop them first,
-  as a peek from the start and a clean close need), one peek per connection for all the room the
+  (``_flush``): the acknowledged bytes dropped from each socket in one call (and before ``close()``:
+  unread bytes would make it a RST to the remote), one peek per connection for all the room the
   batch made, and the packets written to the tunnels together, in writes of up
   to ``TUNNEL_CHUNK`` bytes. A client acknowledges each 64 KB super-packet; a system call and a pass
   through here per acknowledgement was what held the downloads back.
@@ -77,11 +76,8 @@ SOCKET_BUFFER = 2 << 20  # each relayed socket's send buffer and receive window 
 RECEIVE_BUFFER = 4 << 20  # and its receive buffer: the window clamp does not bound it (see Limits above)
 PEEK_MAX = 1 << 18  # bytes peeked per read
 # bytes of packets written to the tunnels at once: a window's worth (megabytes) in one write went through
-# TLS and its buffers out of the cache, and ran about 10% slower in the lab than writes of this size
+# TLS and its buffers out of the cache, and ran about 9% slower in the lab than writes of this size
 TUNNEL_CHUNK = 1 << 18
-# acknowledged bytes dropped from a socket at once (and whatever is acknowledged when nothing is left in
-# flight): a drop per batch of acknowledgements cost about 7% of the downloads' speed in the lab
-CONSUME_STEP = 1 << 20
 GSO_SEGMENTS = 64  # per super-packet to the client: as many as one IPv4 packet holds (TcpConn caps it)
 _INT = struct.Struct("i")
 SO_MEMINFO = 55  # asm-generic/socket.h: the socket's memory counters (linux/sock_diag.h SK_MEMINFO_*)
@@ -351,8 +347,7 @@ class TcpRelay:
             conns, self._pumps = self._pumps, {}
             for key, conn in conns.items():
                 if key in self._socks and not conn.closed:
-                    if self._acked.get(key, 0) >= CONSUME_STEP or conn.snd_max == conn.snd_una:
-                        self._consume(conn, self._socks[key])  # the latter: before a read watch (_watch)
+                    self._consume(conn, self._socks[key])
                     self._pump(conn, now)
                     self._after(conn, now)
         self._write_out()
