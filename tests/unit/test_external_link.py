@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from gw import inet
 from gw import packet as P
 from gw import vnet as V
+from gw.external import base as B
 from gw.external import link as L
 from gw.external import raw as R
 from gw.external.raw import default_gateway
@@ -436,7 +437,7 @@ def test_the_socket_receives_nothing_until_its_filter_is_attached_then_it_is_bou
 
 
 def test_without_cap_net_admin_the_buffers_fall_back_to_the_capped_options(monkeypatch):
-    gw, fake = _gateway(monkeypatch, refuse=(R.SO_RCVBUFFORCE, R.SO_SNDBUFFORCE))
+    gw, fake = _gateway(monkeypatch, refuse=(B.SO_RCVBUFFORCE, B.SO_SNDBUFFORCE))
     _run(lambda: (gw.start(lambda batch: None), gw.stop()))
     options = [c[2] for c in fake.calls if c[0] == "setsockopt" and c[1] == socket.SOL_SOCKET]
     assert socket.SO_RCVBUF in options and socket.SO_SNDBUF in options
