@@ -50,7 +50,8 @@ def set_buffers(sock: socket.socket, receive: int, send: int) -> None:
     """Fixed kernel buffers of ``receive`` and ``send`` bytes (no autotuning). The FORCE options pass
     the sysctl caps (net.core.rmem_max and wmem_max: 208 KiB on a stock kernel) but need
     CAP_NET_ADMIN; without it (EPERM) the plain ones, which the kernel caps there."""
-    for force, plain, size in ((SO_RCVBUFFORCE, socket.SO_RCVBUF, receive), (SO_SNDBUFFORCE, socket.SO_SNDBUF, send)):
+    options = ((SO_RCVBUFFORCE, socket.SO_RCVBUF, receive), (SO_SNDBUFFORCE, socket.SO_SNDBUF, send))
+    for force, plain, size in options:
         try:
             sock.setsockopt(socket.SOL_SOCKET, force, size)
         except PermissionError:

@@ -45,11 +45,10 @@ filtering and counters apply unchanged, and ``gw-audit who`` answers for these p
   one: an autotuned buffer starts at 16 KB and grows only with the remote path, which held the
   client at a few hundred Mbit/s in the lab.
 - Batching: what a batch of client segments asks for is done once the loop's callback ends
-  (``_flush``): the acknowledged bytes dropped from each socket in one call (and before ``close()``:
-  unread bytes would make it a RST to the remote), one peek per connection for all the room the
-  batch made, and the packets written to the tunnels together, in writes of up to ``TUNNEL_CHUNK``
-  bytes. A client acknowledges each 64 KB super-packet; a system call and a pass through here per
-  acknowledgement was what held the downloads back.
+  (``_flush``): the acknowledged bytes dropped from each socket in one call, one peek per connection
+  for all the room the batch made, and the packets written to the tunnels together, in writes of up
+  to ``TUNNEL_CHUNK`` bytes. A client acknowledges each 64 KB super-packet; a system call and a pass
+  through here per acknowledgement was what held the downloads back.
 """
 
 from __future__ import annotations
@@ -76,7 +75,7 @@ SOCKET_BUFFER = 2 << 20  # each relayed socket's send buffer and receive window 
 RECEIVE_BUFFER = 4 << 20  # and its receive buffer: the window clamp does not bound it (see Limits above)
 PEEK_MAX = 1 << 18  # bytes peeked per read
 # bytes of packets written to the tunnels at once: a window's worth (megabytes) in one write went through
-# TLS and its buffers out of the cache, and ran about 9% slower in the lab than writes of this size
+# TLS and its buffers out of the cache, and ran about 9% slower in the lab (a quiet host) than these
 TUNNEL_CHUNK = 1 << 18
 GSO_SEGMENTS = 64  # per super-packet to the client: as many as one IPv4 packet holds (TcpConn caps it)
 _INT = struct.Struct("i")
@@ -360,14 +359,13 @@ class TcpRelay:
         sock = self._socks.pop(id(conn), None)
         self._by_port.pop(conn.client[1], None)
         self._reading.discard(id(conn))
+        self._acked.pop(id(conn), None)
         self.table.remove(conn)
         if sock is not None:
-            self._consume(conn, sock)  # unread bytes would make close() a RST to the remote
             loop = asyncio.get_running_loop()
             loop.remove_reader(sock.fileno())
             loop.remove_writer(sock.fileno())
             sock.close()
-        self._acked.pop(id(conn), None)
 
     @staticmethod
     def _space(sock: socket.socket) -> int:
