@@ -113,7 +113,9 @@ GW_SYSTEMS = {"gw", "flows", "gw-socket"}  # those that need the lab's servers a
 ANCHOR_ROLE = "anchor"  # the namespace the anchors carry: gwlab-<tag>-anchor, one fresh one per anchor
 ANCHOR_MTU = 65520  # both tools' default and recommended MTU for speed (the most a 64 KiB frame carries)
 ANCHOR_UP_S = 10  # each configures its namespace in well under a second
-SOCKET_KEYS = ("tcp_up", "tcp_down", "cpu_s_per_gbit")  # compared between socket mode and the anchors
+# compared between socket mode and the anchors; host_*: the whole host's CPU (every process and the
+# kernel), which on a host whose cores are all busy bounds the rate more than any one daemon does
+SOCKET_KEYS = ("tcp_up", "tcp_down", "cpu_s_per_gbit", "host_s_per_gbit_up", "host_s_per_gbit_down")
 # the tool, by the command that is checked for, and the Debian package that has it (just bench-deps)
 PACKAGES = {"iperf3": "iperf3", "wireguard-go": "wireguard-go", "wg": "wireguard-tools", "nft": "nftables",
             "slirp4netns": "slirp4netns", "pasta": "passt"}  # fmt: skip
@@ -347,17 +349,24 @@ def _socket_report(results: dict, found: dict[str, float], blank_first: bool) ->
     if not systems:
         return []
     keys = (("tcp_up", "Mbit/s", 0), ("tcp_down", "Mbit/s", 0), ("cpu_s_per_gbit", "s", 2),
-            ("tcp_retransmits", "", 0))  # fmt: skip
+            ("host_s_per_gbit_up", "s", 2), ("host_s_per_gbit_down", "s", 2), ("tcp_retransmits", "", 0),
+            ("steal_share", "", 2))  # fmt: skip
     rows = [["gw (socket mode)" if name == "gw-socket" else _anchor_label(name, figures),
              *(_cell(figures.get(key), unit, digits) for key, unit, digits in keys)]
             for name, figures in systems]  # fmt: skip
     for name in ANCHORS:
-        cells = [_times(found.get(f"gw_socket_over_{name}_{key}")) for key, _, _ in keys[:3]]
+        cells = [_times(found.get(f"gw_socket_over_{name}_{key}")) for key, _, _ in keys[:5]]
         if any(c != "-" for c in cells):
-            rows.append([f"gw socket / {name} (target >= {TARGET_SOCKET_RATIOS[name]:g}x)", *cells, ""])
+            rows.append([f"gw socket / {name} (target >= {TARGET_SOCKET_RATIOS[name]:g}x)", *cells, "", ""])
     header = ["socket mode and its anchors", "TCP c1 -> internet", "TCP internet -> c1 (-R)",
-              "CPU per Gbit", "TCP retransmits per run"]  # fmt: skip
-    return [""] * blank_first + render(header, rows)
+              "daemons' CPU per Gbit", "host CPU per Gbit up", "host CPU per Gbit down",
+              "TCP retransmits per run", "time stolen"]  # fmt: skip
+    cores = os.cpu_count() or 1
+    ceilings = [f"{name} {cores / figures['host_s_per_gbit_down']['median']:,.1f} Gbit/s"
+                for name, figures in systems if figures.get("host_s_per_gbit_down", {}).get("median")]  # fmt: skip
+    notes = [f"downloads at their host CPU per Gbit, with all {cores} cores busy, could reach at most: "
+             + ", ".join(ceilings)] if ceilings else []  # fmt: skip
+    return [""] * blank_first + render(header, rows) + notes
 
 
 # ------------------------------------------------------------------------------------------ the flow client

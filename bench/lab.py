@@ -47,6 +47,14 @@ def cpu_ticks(pids: list[int]) -> int:
     return total
 
 
+def host_cpu() -> tuple[int, int, int]:
+    """Since boot, over all CPUs, in clock ticks: time busy (neither idle, waiting on I/O nor stolen by
+    the hypervisor), time stolen, and all time (``/proc/stat``)."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle, iowait, steal = ticks[3], ticks[4], ticks[7]
+    return sum(ticks) - idle - iowait - steal, steal, sum(ticks)
+
+
 def stats(values: list[float]) -> dict:
     """Median, min and max of the runs, and the runs themselves."""
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
@@ -100,7 +108,7 @@ class Bench:
                                   stderr=subprocess.DEVNULL)  # fmt: skip
         try:
             time.sleep(0.3)
-            before = cpu_ticks(daemons)
+            before, host_before = cpu_ticks(daemons), host_cpu()
             argv = ["ip", "netns", "exec", w.ns[self.client_role], "iperf3", "-c", server_ip, "-p", str(IPERF_PORT),
                     "-J", "-t", str(self.seconds), *args]  # fmt: skip
             try:
@@ -111,6 +119,7 @@ class Bench:
                 raise LabError(f"iperf3 {' '.join(args)} to {server_ip}: no result in "
                                f"{self.seconds + IPERF_GRACE_S:g} s") from None  # fmt: skip
             cpu_s = (cpu_ticks(daemons) - before) / self.tick
+            busy, steal, total = (b - a for a, b in zip(host_before, host_cpu()))
         finally:
             if server.poll() is None:
                 server.kill()  # by its own PID
@@ -123,17 +132,24 @@ class Bench:
             result.setdefault("error", done.stderr.strip() or "no result")
         check_iperf(result, f"{' '.join(args)} to {server_ip}")
         result["daemon_cpu_s"] = cpu_s
+        result["host_cpu_s"] = busy / self.tick
+        result["steal_share"] = steal / total if total else 0.0
         return result
 
     def tcp_both_ways(self, server_ip: str, daemons: list[int], samples: dict[str, list[float]]) -> None:
         """One TCP run up and one down (``-R``): their rates, retransmissions and the daemons' CPU per
-        Gbit/s appended to ``samples`` (keys tcp_up, tcp_down, tcp_retransmits, cpu_s_per_gbit)."""
+        Gbit/s appended to ``samples`` (keys tcp_up, tcp_down, tcp_retransmits, cpu_s_per_gbit), and
+        the whole host's CPU per Gbit/s each way (host_s_per_gbit_up, host_s_per_gbit_down: every
+        process and the kernel, the iperf3 ends included) and the share of time stolen (steal_share)."""
         for key, args in (("tcp_up", ()), ("tcp_down", ("-R",))):
             r = self.iperf(server_ip, *args, daemons=daemons)
             samples[key].append(tcp_mbit(r))
             samples["tcp_retransmits"].append(retransmits(r))
             gbit = tcp_mbit(r) * self.seconds / 1e3
             samples["cpu_s_per_gbit"].append(r["daemon_cpu_s"] / gbit if gbit else float("nan"))
+            samples.setdefault(f"host_s_per_gbit_{key[4:]}", []).append(
+                r["host_cpu_s"] / gbit if gbit else float("nan"))
+            samples.setdefault("steal_share", []).append(r["steal_share"])
 
     def measure(self, server_ip: str, daemons: list[int]) -> dict:
         """TCP up and down, UDP 64 B, RTT: medians and spreads over the runs."""

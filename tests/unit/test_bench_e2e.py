@@ -4,11 +4,12 @@ the gateway configuration it writes. The lab run itself is ``python -m bench.e2e
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 
 from bench import e2e
-from bench.lab import check_iperf, fmt, retransmits, stats, tcp_mbit, udp_received_pps
+from bench.lab import check_iperf, fmt, host_cpu, retransmits, stats, tcp_mbit, udp_received_pps
 from gw import config
 from gw.lab.world import LabError, LabWorld
 
@@ -176,6 +177,29 @@ def test_paired_ratio_is_the_median_of_the_run_by_run_ratios() -> None:
     gw_same_time = stats([2000.0, 2000.0, 2000.0, 250.0, 250.0])
     assert e2e.paired_ratio(gw_same_time, drifted) == 0.5
     assert e2e.paired_ratio(gw, stats([1.0, 2.0])) == e2e.ratio(gw, stats([1.0, 2.0]))  # unpaired: medians
+
+
+def test_host_cpu_counts_busy_and_stolen_time_within_all_time() -> None:
+    busy, steal, total = host_cpu()
+    sum(range(2_000_000))  # some work of our own, so busy time moves
+    later = host_cpu()
+    assert 0 <= busy <= total and 0 <= steal <= total and busy + steal <= total
+    assert all(b >= a for a, b in zip((busy, steal, total), later)) and later[2] > total
+
+
+def test_the_socket_report_shows_the_host_s_cpu_per_gbit_and_its_ratio() -> None:
+    def system(down: float, host_down: float) -> dict:
+        keys = {"tcp_up": 1000.0, "tcp_down": down, "cpu_s_per_gbit": 0.5, "host_s_per_gbit_up": 0.4,
+                "host_s_per_gbit_down": host_down, "tcp_retransmits": 0.0, "steal_share": 0.01}  # fmt: skip
+        return {k: stats([v]) for k, v in keys.items()}
+
+    results = {"gw-socket": system(3000.0, 0.6), "slirp4netns": system(4000.0, 0.3), "pasta": system(8000.0, 0.2)}
+    found = e2e.ratios(results)
+    assert found["gw_socket_over_slirp4netns_host_s_per_gbit_down"] == pytest.approx(2.0)
+    text = "\n".join(e2e.report(results, found))
+    assert "host CPU per Gbit down" in text and "0.60 s" in text and "2.00x" in text and "3.00x" in text
+    cores = os.cpu_count()
+    assert f"gw-socket {cores / 0.6:,.1f} Gbit/s, slirp4netns {cores / 0.3:,.1f} Gbit/s" in text
 
 
 def test_socket_target_needs_every_ratio_and_each_floor() -> None:
