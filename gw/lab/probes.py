@@ -15,6 +15,7 @@ import json
 import os
 import random
 import select
+import signal
 import socket
 import struct
 import sys
@@ -352,18 +353,27 @@ def spoofed_udp(src: str, dst: str, port: int, payload: str) -> dict:
     return {"sent": len(pkt)}
 
 
+def _until_sigterm() -> list[int]:
+    """A list SIGTERM appends to, for a probe that runs until the test that started it has what it
+    waited for (however long a slow host made that): the probe ends as it would at its deadline."""
+    stopped: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopped.append(signum))
+    return stopped
+
+
 def udp_listen(addr: str, port: int, seconds: float) -> dict:
-    """The datagrams that reach ``addr:port`` within ``seconds``."""
+    """The datagrams that reach ``addr:port`` within ``seconds``, or until SIGTERM."""
     got = []
+    stopped = _until_sigterm()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((addr, port))
         deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            s.settimeout(left)
+        while (left := deadline - time.monotonic()) > 0 and not stopped:
+            s.settimeout(min(left, 0.1))
             try:
                 data, peer = s.recvfrom(65536)
             except TimeoutError:
-                break
+                continue
             got.append({"from": peer[0], "data": data.decode(errors="replace")})
     return {"received": got}
 
@@ -534,16 +544,18 @@ FRAGMENT_MIDDLE = 185  # a later fragment's offset in 8-byte units (1480 bytes: 
 def _flood(packet, dst: str, count: int, rate_pps: int, seconds: float) -> dict:
     """``packet(i)`` for i = 0, 1, ... sent to ``dst`` through one raw IP_HDRINCL socket (the kernel fills in
     the header checksum; the route to ``dst`` picks the device), paced at ``rate_pps``, at most ``count``
-    packets for at most ``seconds`` (both capped: FLOOD_MAX_PACKETS, FLOOD_MAX_S). Prints ``started``
-    first. Returns how many the kernel took (``sent``), refused (a full queue: ENOBUFS, EAGAIN), the time
-    and the rate."""
+    packets for at most ``seconds`` (both capped: FLOOD_MAX_PACKETS, FLOOD_MAX_S), or until SIGTERM
+    (a test ends a flood when its checks are done, however long a slow host made them). Prints
+    ``started`` first. Returns how many the kernel took (``sent``), refused (a full queue: ENOBUFS,
+    EAGAIN), the time and the rate."""
     count, seconds = min(count, FLOOD_MAX_PACKETS), min(seconds, FLOOD_MAX_S)
     sent = refused = 0
+    stopped = _until_sigterm()
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as s:
         s.setblocking(False)
         print(json.dumps({"started": True}), flush=True)
         t = time.monotonic()
-        while (done := sent + refused) < count and (elapsed := time.monotonic() - t) < seconds:
+        while (done := sent + refused) < count and (elapsed := time.monotonic() - t) < seconds and not stopped:
             due = min(int(elapsed * rate_pps), count) - done
             if due <= 0:
                 time.sleep(FLOOD_PAUSE_S)

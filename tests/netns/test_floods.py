@@ -58,9 +58,13 @@ from tests.netns.conftest import require_netns
 
 pytestmark = pytest.mark.netns
 
-FLOOD_S = 2.0  # each flood: long enough for bob's checks to run inside it (about a second)
+# each flood runs at least FLOOD_S and until bob's checks inside it are done (about a second on a quiet
+# host; several on a slow one: a flood of a fixed 2 s once ended before them), at most FLOOD_MAX_S
+FLOOD_S = 2.0
+FLOOD_MAX_S = 30.0
 STARTED_WITHIN_S = 10.0  # a flood probe prints "started" once its interpreter is up
-ENDED_WITHIN_S = FLOOD_S + 10.0
+ENDED_WITHIN_S = 10.0  # after its SIGTERM
+LISTEN_AFTER_S = 1.0  # a listener hears this long past the floods' end (a leak would take a millisecond)
 BOB_ECHOES = 10
 BOB_HTTP_BYTES = 256 << 10
 DISCARD_PORT = 9  # nothing listens there on the internet host
@@ -92,14 +96,28 @@ def _assert_bob_carried_on(bob: dict) -> None:
     assert bob["http"]["sha256"] == http_body_sha256(BOB_HTTP_BYTES), bob
 
 
-def _while_flooding(world: LabWorld, *floods: tuple) -> tuple[list[dict], dict]:
-    """Start each ``(role, name, probe, *args)`` flood, run bob's checks while all of them run, wait for
-    their end; their results and bob's."""
+def _paced(rate_pps: int) -> tuple[int, int, float]:
+    """A flood's count, rate and time bound: ``rate_pps`` for at most FLOOD_MAX_S (``_while_flooding``
+    ends it sooner)."""
+    return int(FLOOD_MAX_S * rate_pps), rate_pps, FLOOD_MAX_S
+
+
+def _while_flooding(world: LabWorld, *floods: tuple, listeners: tuple[str, ...] = ()) -> tuple[list[dict], dict]:
+    """Start each ``(role, name, probe, *args)`` flood, run bob's checks while all of them run, then end
+    them (SIGTERM, by PID, once at least FLOOD_S has passed) and the ``listeners`` (background probes
+    started before); the floods' results and bob's."""
     records = [spawn_probe(world, *flood) for flood in floods]
     for _, name, *_ in floods:
         wait_for_line(world, name, "started", STARTED_WITHIN_S)
+    started = time.monotonic()
     bob = _bob(world)
     running = [world.alive(r) for r in records]
+    time.sleep(max(0.0, FLOOD_S - (time.monotonic() - started)))
+    for record in records:
+        world.stop(record)
+    time.sleep(LISTEN_AFTER_S)
+    for name in listeners:
+        world.stop(world.process(name))
     results = [probe_result(world, name, ENDED_WITHIN_S) for _, name, *_ in floods]
     for (_, name, *_), result, alive in zip(floods, results, running):
         assert "error" not in result, (name, result)
@@ -123,7 +141,7 @@ def test_a_client_opening_new_flows_gets_its_quota_then_refusals_and_bob_carries
     before = status(raw_world)
     (flood,), bob = _while_flooding(
         raw_world, ("c1", "new-flows", "new_flows", vpn["alice"], INTERNET_HOST, DISCARD_PORT, 1024,
-                    int(FLOOD_S * 10_000), 10_000, FLOOD_S))  # fmt: skip
+                    *_paced(10_000)))  # fmt: skip
     after = status(raw_world)
     hits = [e for e in journal_events(raw_world) if type(e) is QuotaHit]
     print({"flood": flood, "bob": bob, "drops": after["drops"], "nat": after["nat"]["by_protocol"],
@@ -152,8 +170,7 @@ def test_an_inbound_fragment_flood_is_tracked_within_its_share_and_bob_carries_o
     # from alice's remote (address-and-port filtering lets it in), 15,000 fragments/s of 1,220 bytes
     (flood,), bob = _while_flooding(
         raw_world, ("inet", "fragments", "fragment_flood", INTERNET_HOST, RAW_PUBLIC, ECHO_PORT, ext_port,
-                    STRAY_PORT, ["first", "later", "stray"], int(FLOOD_S * 15_000), 15_000, FLOOD_S, 1200,
-                    13))  # fmt: skip
+                    STRAY_PORT, ["first", "later", "stray"], *_paced(15_000), 1200, 13))  # fmt: skip
     after, rss_after = status(raw_world), rss_bytes(pid)
     print({"flood": flood, "bob": bob, "drops": after["drops"], "external": after["external"],
            "rss_growth_mib": (rss_after - rss_before) / 2**20})  # fmt: skip
@@ -178,16 +195,15 @@ def test_forged_sources_from_a_client_and_martians_from_the_internet_are_dropped
     before = status(raw_world)
     forged = [vpn["bob"], "10.66.77.250", VPN_GATEWAY, "192.0.2.2", INTERNET_HOST, RAW_PUBLIC]  # not alice's
     martians = [vpn["alice"], VPN_GATEWAY, RAW_PUBLIC]  # the VPN subnet, the public address itself
-    spawn_probe(raw_world, "inet", "listener", "udp_listen", INTERNET_HOST, DISCARD_PORT, FLOOD_S + 3)
+    spawn_probe(raw_world, "inet", "listener", "udp_listen", INTERNET_HOST, DISCARD_PORT, FLOOD_MAX_S + 3)
     time.sleep(0.5)  # it listens before anything is sent (its interpreter starts in about 0.3 s)
     (spoofed, martian), bob = _while_flooding(
         raw_world,
-        ("c1", "spoofed", "spoofed_flood", forged, INTERNET_HOST, DISCARD_PORT, int(FLOOD_S * 10_000), 10_000,
-         FLOOD_S),
-        ("inet", "martians", "spoofed_flood", martians, RAW_PUBLIC, STRAY_PORT, int(FLOOD_S * 5_000), 5_000,
-         FLOOD_S),
+        ("c1", "spoofed", "spoofed_flood", forged, INTERNET_HOST, DISCARD_PORT, *_paced(10_000)),
+        ("inet", "martians", "spoofed_flood", martians, RAW_PUBLIC, STRAY_PORT, *_paced(5_000)),
+        listeners=("listener",),
     )  # fmt: skip
-    leaked = probe_result(raw_world, "listener", FLOOD_S + 10)["received"]
+    leaked = probe_result(raw_world, "listener", ENDED_WITHIN_S)["received"]
     after = status(raw_world)
     print({"spoofed": spoofed, "martians": martian, "bob": bob, "drops": after["drops"],
            "routes": after["routes"], "leaked": len(leaked)})  # fmt: skip
