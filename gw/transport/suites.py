@@ -37,13 +37,13 @@ def prefer_fastest(server: ssl.SSLContext) -> str | None:
     """Order ``server``'s TLS 1.3 suites fastest first (measured once per process); returns the
     first, or None when the order cannot be set here (OpenSSL's stays)."""
     rates = _rates(server)
-    if rates is None:
+    if not rates:
         return None
-    order = sorted(rates, key=rates.get, reverse=True)
+    order = sorted(rates, key=rates.get, reverse=True) + [s for s in SUITES if s not in rates]
     if not _set_suites(server, ":".join(order)):
         return None
     log.info("tunnel cipher suite: %s (sealed here: %s)", order[0],
-             ", ".join(f"{s} {rates[s] / 1e9:.1f} GB/s" for s in order))  # fmt: skip
+             ", ".join(f"{s} {rates[s] / 1e9:.1f} GB/s" for s in order if s in rates))  # fmt: skip
     return order[0]
 
 
@@ -96,16 +96,13 @@ def _set_suites(ctx: ssl.SSLContext, suites: str) -> bool:
 
 
 def _rates(server: ssl.SSLContext) -> dict[str, float] | None:
-    """Bytes per second each suite seals here (measured once per process), or None when a suite
-    cannot be chosen."""
+    """Bytes per second each suite seals here (measured once per process; a suite that could not be,
+    one the system's policy turned off, is left out), or None when no suite can be chosen."""
     global _measured
     if _ssl_ctx(server) is None:
         return None
     if _measured is None:
-        rates = {suite: _seal_rate(server, suite) for suite in SUITES}
-        if None in rates.values():
-            return None
-        _measured = rates
+        _measured = {suite: rate for suite in SUITES if (rate := _seal_rate(server, suite)) is not None}
     return _measured
 
 
@@ -114,7 +111,14 @@ _measured: dict[str, float] | None = None
 
 def _seal_rate(server: ssl.SSLContext, suite: str) -> float | None:
     """Sealing speed of ``suite``: a client that offers only it, a handshake in memory, then the
-    server seals ``SAMPLE`` bytes, best of ``ROUNDS``."""
+    server seals ``SAMPLE`` bytes, best of ``ROUNDS``; None if the two cannot agree on it."""
+    try:
+        return _sealed_per_s(server, suite)
+    except ssl.SSLError:  # no suite in common: this one is not allowed here
+        return None
+
+
+def _sealed_per_s(server: ssl.SSLContext, suite: str) -> float | None:
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client.minimum_version = ssl.TLSVersion.TLSv1_3
     client.check_hostname = False

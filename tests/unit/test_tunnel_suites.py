@@ -50,6 +50,21 @@ def test_the_measurement_ranks_every_suite_with_a_plausible_rate(gateway_id, mon
     assert [c["name"] for c in ctx.get_ciphers()][:3] == sorted(rates, key=rates.get, reverse=True)
 
 
+def test_a_suite_that_could_not_be_measured_stays_allowed_last(gateway_id, monkeypatch):
+    monkeypatch.setattr(suites, "_measured", {"TLS_AES_128_GCM_SHA256": 3e9, "TLS_AES_256_GCM_SHA384": 2e9})
+    ctx = server_context(gateway_id)
+    assert [c["name"] for c in ctx.get_ciphers()][:3] == [
+        "TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"]  # fmt: skip
+
+
+def test_a_suite_the_server_does_not_allow_measures_as_none_without_raising(gateway_id):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(gateway_id.cert_path, gateway_id.key_path)
+    assert suites._set_suites(ctx, "TLS_AES_128_GCM_SHA256")
+    assert suites._seal_rate(ctx, "TLS_CHACHA20_POLY1305_SHA256") is None
+    assert suites._seal_rate(ctx, "TLS_AES_128_GCM_SHA256") > 0
+
+
 def test_a_pointer_is_trusted_only_when_openssl_reads_that_context_s_options_through_it():
     ctx, twin = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     assert ctx.options == twin.options  # the twin passes a plain comparison: only the flip tells them apart
