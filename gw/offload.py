@@ -88,9 +88,10 @@ def header_fits(pkt: bytes | bytearray | memoryview) -> bool:
 
 
 def finish_checksum(pkt: bytearray, csum_start: int, csum_offset: int) -> None:
-    """What the kernel does with a ``NEEDS_CSUM`` packet: the sum from ``csum_start``, stored inverted."""
+    """What the kernel does with a ``NEEDS_CSUM`` packet: the sum from ``csum_start``, stored inverted;
+    for UDP a computed 0 goes out as 0xFFFF, as the NAT writes it (0 means no checksum, RFC 768)."""
     s = P.checksum(pkt, csum_start, P.get_u16(pkt, P.IP_TOTAL_LEN)[0])
-    P.put_u16(pkt, csum_start + csum_offset, s)
+    P.put_u16(pkt, csum_start + csum_offset, s or 0xFFFF if pkt[P.IP_PROTO] == P.PROTO_UDP else s)
 
 
 def segment(pkt: bytes | bytearray | memoryview) -> list[bytearray] | None:

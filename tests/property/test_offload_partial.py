@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from gw import packet as P
@@ -43,6 +43,8 @@ def _csum_at(pkt) -> tuple[int, int]:
     compiled=st.booleans() if COMPILED else st.just(False),
     seed=st.integers(0, 2**16),
 )
+# a UDP datagram whose checksum computes to 0: sent as 0xFFFF, by the NAT and by the finished partial one
+@example(size=1024, tcp=False, sport=1024, syn=False, compiled=False, seed=355)
 def test_a_partial_checksum_packet_translates_to_what_a_full_one_does_both_ways(
     size, tcp, sport, syn, compiled, seed
 ):
