@@ -192,8 +192,8 @@ def test_a_full_disk_under_the_journal(raw_world, small_disk, audit):
     time.sleep(0.5)
     _fill(small_disk)
     # new flows until the journal's segment needs a page the disk no longer has (its last one had room);
-    # fast-bounded: until one is refused, past ``bound`` mappings the journal cannot take (a fixed 3 s
-    # made fewer than that on a slow host), at most 20 s
+    # fast-bounded: until they are refused (three unanswered in a row), past ``bound`` mappings the
+    # journal cannot take (a fixed 3 s made fewer than that on a slow host), at most 20 s
     how_long = ("20", "until-refused") if audit == "fast-bounded" else ("1.5",)
     flows = raw_world.run("c2", sys.executable, "-c", _NEW_FLOWS.format(host=INTERNET_HOST, port=ECHO_PORT), *how_long,
                           timeout=30)  # fmt: skip
